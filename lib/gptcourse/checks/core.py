@@ -1,0 +1,275 @@
+"""How every exercise is checked: cases, a reference, known mistakes, and a verdict.
+
+An :class:`Exercise` bundles what is needed to judge a learner's function or class:
+
+* ``reference``: the course's implementation, the answer the learner's is compared with;
+* ``visible`` and ``hidden``: functions that build deterministic :class:`Case` lists (the
+  hidden ones use other shapes, seeds and dtypes);
+* ``run``: how a candidate is applied to a case (a plain call by default; a class exercise
+  builds the module, copies weights in and runs it);
+* ``mistakes``: wrong variants of the reference, each with a message naming the mistake.
+
+Judging is split in two so that grading can run the learner's code in a separate process:
+:func:`run_cases` applies a candidate to the cases and records values or errors, and
+:func:`evaluate` compares those outcomes with the reference and the known mistakes. The
+learner-facing :func:`check` simply does both in one process.
+
+Case arguments and outputs hold only tensors, numbers, strings, booleans, ``None`` and
+lists, tuples or dicts of them, so they can cross a process boundary with
+``torch.save``/``torch.load(weights_only=True)``.
+"""
+
+import copy
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gptcourse.tolerances import tolerance
+
+
+class CheckFailed(AssertionError):
+    """A learner's answer does not match the reference; the message says how."""
+
+
+class NotAttempted(CheckFailed):
+    """The answer cell still raises ``NotImplementedError``."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One set of inputs. ``label`` says in plain words what is special about it."""
+
+    label: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A classic wrong answer: ``variant`` reproduces it, ``message`` names it and hints."""
+
+    name: str
+    message: str
+    variant: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a candidate returned for one case, or the error it raised."""
+
+    value: Any = None
+    error: str | None = None
+    not_implemented: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    message: str
+    attempted: bool = True
+    mistake: str | None = None
+
+
+def call_case(candidate: Callable[..., Any], case: Case) -> Any:
+    """Default ``Exercise.run``: call the candidate on fresh copies of the case's inputs."""
+    return candidate(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """Everything needed to judge one graded exercise (see the module docstring)."""
+
+    id: str
+    chapter: str
+    title: str
+    reference: Callable[..., Any]
+    visible: Callable[[], list[Case]]
+    hidden: Callable[[], list[Case]]
+    mistakes: tuple[Mistake, ...] = ()
+    run: Callable[[Callable[..., Any], Case], Any] = call_case
+    compare: Callable[[Any, Any], str | None] | None = None
+    # Dotted names of course references that do not count as this exercise's answer.
+    forbidden: tuple[str, ...] = ()
+
+    def cases(self, hidden: bool = False) -> list[Case]:
+        return self.hidden() if hidden else self.visible()
+
+    def differ(self, expected: Any, actual: Any) -> str | None:
+        return (self.compare or compare_outputs)(expected, actual)
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return repr(x)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
+    """Describe the first way ``actual`` differs from ``expected``, or return ``None``.
+
+    Tensors are compared with the course's tolerance for the expected dtype; the message
+    gives the shape, the dtype or the first differing element with both values.
+    """
+    at = f" in {where}" if where else ""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            return f"expected a torch.Tensor{at}, got {type(actual).__name__}"
+        if actual.shape != expected.shape:
+            return f"shape{at}: expected {_shape(expected)}, got {_shape(actual)}"
+        if expected.dtype.is_floating_point and not actual.dtype.is_floating_point:
+            return f"dtype{at}: expected {expected.dtype}, got {actual.dtype}"
+        if expected.dtype.is_floating_point and actual.dtype != expected.dtype:
+            return (f"dtype{at}: expected {expected.dtype}, got {actual.dtype} "
+                    "(keep the dtype of the inputs: avoid creating float32 constants "
+                    "with torch.tensor(...) without dtype=)")
+        if not expected.dtype.is_floating_point:
+            diff = actual.to(expected.dtype) != expected
+        else:
+            actual = actual.detach().to(expected.dtype)
+            exp = expected.detach()
+            rtol, atol = tolerance(exp.dtype)
+            both_inf = torch.isinf(exp) & (actual == exp)
+            diff = ~(torch.isclose(actual, exp, rtol=rtol, atol=atol) | both_inf)
+            nan_here = torch.isnan(actual) & ~torch.isnan(exp)
+            if nan_here.any():
+                index = tuple(nan_here.nonzero()[0].tolist())
+                return (f"your output contains NaN{at}, first at index {list(index)}: look "
+                        "for 0/0, a softmax over a row that is entirely -inf, or the log of 0")
+        if diff.any():
+            index = tuple(diff.nonzero()[0].tolist())
+            count = int(diff.sum())
+            return (f"values differ{at} at {count} of {diff.numel()} positions; first at index "
+                    f"{list(index)}: expected {_fmt(expected[index].item())}, "
+                    f"got {_fmt(actual[index].item())} (shape {_shape(expected)})")
+        return None
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(actual, (tuple, list)):
+            return f"expected a {type(expected).__name__}{at}, got {type(actual).__name__}"
+        if len(actual) != len(expected):
+            return (f"expected {len(expected)} items{at}, got {len(actual)}")
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            message = compare_outputs(e, a, f"{where}[{i}]" if where else f"item {i}")
+            if message:
+                return message
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return f"expected a dict{at}, got {type(actual).__name__}"
+        if set(actual) != set(expected):
+            return f"keys{at}: expected {sorted(map(str, expected))}, got {sorted(map(str, actual))}"
+        for key in expected:
+            message = compare_outputs(expected[key], actual[key], f"{where}[{key!r}]")
+            if message:
+                return message
+        return None
+    if isinstance(expected, bool) or expected is None or isinstance(expected, str):
+        return None if actual == expected else f"expected {_fmt(expected)}{at}, got {_fmt(actual)}"
+    if isinstance(expected, (int, float)):
+        if isinstance(actual, torch.Tensor) and actual.numel() == 1:
+            actual = actual.item()
+        if not isinstance(actual, (int, float)) or isinstance(actual, bool):
+            return f"expected a number{at}, got {type(actual).__name__}"
+        if isinstance(expected, int) and not isinstance(actual, int) and actual != expected:
+            return f"expected {expected}{at}, got {_fmt(actual)}"
+        rtol, atol = tolerance(torch.float64 if isinstance(expected, float) else torch.float32)
+        if abs(actual - expected) > atol + rtol * abs(expected):
+            return f"expected {_fmt(expected)}{at}, got {_fmt(actual)}"
+        return None
+    return None if actual == expected else f"expected {_fmt(expected)}{at}, got {_fmt(actual)}"
+
+
+def _error_text(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    line = f" (line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{line}"
+
+
+def run_cases(exercise: Exercise, candidate: Any, cases: list[Case]) -> list[Outcome]:
+    """Apply ``candidate`` to every case and record what it returned or raised."""
+    outcomes = []
+    for case in cases:
+        try:
+            value = exercise.run(candidate, case)
+        except NotImplementedError:
+            outcomes.append(Outcome(not_implemented=True, error="NotImplementedError"))
+        except Exception as exc:  # a learner's bug is a result to report, not a crash
+            outcomes.append(Outcome(error=_error_text(exc)))
+        else:
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+            outcomes.append(Outcome(value=value))
+    return outcomes
+
+
+def _matches(exercise: Exercise, cases: list[Case], implementation: Callable[..., Any],
+             outcomes: list[Outcome]) -> bool:
+    """True when ``outcomes`` agree with ``implementation`` on every case."""
+    for case, outcome in zip(cases, outcomes):
+        if outcome.error is not None:
+            return False
+        try:
+            expected = exercise.run(implementation, case)
+        except Exception:
+            return False
+        if exercise.differ(expected, outcome.value) is not None:
+            return False
+    return True
+
+
+def evaluate(exercise: Exercise, cases: list[Case], outcomes: list[Outcome]) -> Verdict:
+    """Compare a candidate's outcomes with the reference and name a known mistake."""
+    if outcomes and all(o.not_implemented for o in outcomes):
+        return Verdict(False, "not attempted: replace `raise NotImplementedError()` "
+                              "with your code", attempted=False)
+
+    first_failure = None
+    for case, outcome in zip(cases, outcomes):
+        if outcome.error is not None:
+            first_failure = f"on {case.label}, your code raised {outcome.error}"
+            break
+        expected = exercise.run(exercise.reference, case)
+        difference = exercise.differ(expected, outcome.value)
+        if difference is not None:
+            first_failure = f"on {case.label}: {difference}"
+            break
+    if first_failure is None:
+        return Verdict(True, f"passed {len(cases)} checks")
+
+    for mistake in exercise.mistakes:
+        if _matches(exercise, cases, mistake.variant, outcomes):
+            return Verdict(False, f"{mistake.message} ({first_failure})", mistake=mistake.name)
+    return Verdict(False, first_failure)
+
+
+def is_course_reference(candidate: Any) -> bool:
+    """True when ``candidate`` was defined inside the gptcourse package itself."""
+    module = getattr(candidate, "__module__", "") or ""
+    return module == "gptcourse" or module.startswith("gptcourse.")
+
+
+def check(exercise_id: str, candidate: Any, hidden: bool = False) -> None:
+    """Check a learner's answer in this process; print a tick or raise :class:`CheckFailed`.
+
+    Used by the notebooks' test cells. ``hidden=True`` runs the hidden cases.
+    """
+    from gptcourse.checks import get_exercise
+
+    exercise = get_exercise(exercise_id)
+    if is_course_reference(candidate):
+        raise CheckFailed(f"{exercise.title}: this is the course's own implementation from "
+                          "gptcourse; write your own version in the answer cell")
+    cases = exercise.cases(hidden)
+    verdict = evaluate(exercise, cases, run_cases(exercise, candidate, cases))
+    if not verdict.attempted:
+        raise NotAttempted(f"{exercise.title}: {verdict.message}")
+    if not verdict.passed:
+        raise CheckFailed(f"{exercise.title}: {verdict.message}")
+    which = "hidden" if hidden else "visible"
+    print(f"\u2713 {exercise.title}: {verdict.message} ({which})")

@@ -1,0 +1,49 @@
+"""nbgrader configuration of the gptcourse course (read by every `nbgrader` command).
+
+Layout (paths relative to the folder holding this file):
+
+* ``solutions/NN-slug/<stem>.ipynb``  the source notebooks: one graded notebook per chapter,
+  the chapter folder is nbgrader's assignment id (for example ``03-self-attention``);
+* ``notebooks/NN-slug/<stem>.ipynb``  the student versions, written by ``gptcourse release``;
+* ``grading/``                        everything produced while grading a class: the
+  gradebook, collected submissions, autograded copies and feedback. It is git-ignored and
+  never shipped.
+
+Run nbgrader commands from this folder (nbgrader reads ``nbgrader_config.py`` from the
+current directory).
+"""
+
+import os
+
+c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+c.CourseDirectory.course_id = "gptcourse"
+c.CourseDirectory.root = HERE
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "notebooks"
+
+# Work folders of a class run: all under the git-ignored grading/ folder.
+c.CourseDirectory.submitted_directory = os.path.join("grading", "submitted")
+c.CourseDirectory.autograded_directory = os.path.join("grading", "autograded")
+c.CourseDirectory.feedback_directory = os.path.join("grading", "feedback")
+c.CourseDirectory.solution_directory = os.path.join("grading", "solution")
+c.CourseDirectory.source_with_tests_directory = os.path.join("grading", "source_with_tests")
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(HERE, "grading", "gradebook.db")
+
+# The nbgrader exchange (hand-out and collection on a shared machine) lives outside the
+# repository; override with `--Exchange.root=...` or here.
+c.Exchange.root = os.environ.get("GPTCOURSE_EXCHANGE", "/srv/nbgrader/exchange")
+
+# Execution bounds. nbgrader 0.9.6 honours `Execute.timeout` (the older
+# `ExecutePreprocessor.timeout` is ignored by its autograder and validator). It bounds every
+# cell in seconds; 600 s covers the longest cell of the course, the training loop of
+# chapter 09 in learner mode (about 3 minutes on a 2-core laptop). Every other cell of the
+# course finishes in well under 30 s.
+c.Execute.timeout = 600
+c.Execute.startup_timeout = 120
+c.Execute.interrupt_on_timeout = True
+
+# Student notebooks ship without outputs.
+c.ClearOutput.enabled = True
