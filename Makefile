@@ -21,7 +21,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 test: setup
-	GPTCOURSE_QUICK=1 $(if $(SHARED_CORPUS),GPTCOURSE_CORPUS=$(abspath $(SHARED_CORPUS))) \
+	PATH="$(abspath $(BIN)):$$PATH" GPTCOURSE_QUICK=1 $(if $(SHARED_CORPUS),GPTCOURSE_CORPUS=$(abspath $(SHARED_CORPUS))) \
 		$(BIN)/python -m pytest
 
 release: setup

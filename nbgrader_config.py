@@ -30,6 +30,8 @@ c.CourseDirectory.autograded_directory = os.path.join("grading", "autograded")
 c.CourseDirectory.feedback_directory = os.path.join("grading", "feedback")
 c.CourseDirectory.solution_directory = os.path.join("grading", "solution")
 c.CourseDirectory.source_with_tests_directory = os.path.join("grading", "source_with_tests")
+# sqlite cannot create the folder of its database file, so make sure it exists.
+os.makedirs(os.path.join(HERE, "grading"), exist_ok=True)
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(HERE, "grading", "gradebook.db")
 
 # The nbgrader exchange (hand-out and collection on a shared machine) lives outside the

@@ -99,6 +99,9 @@ def chapter_notebook(chapter: str, root: Path | None = None,
     """The one graded notebook of ``chapter`` in ``root/directory``."""
     root = find_course_root() if root is None else Path(root)
     found = sorted((root / directory / chapter).glob("*.ipynb"))
+    if not found and directory == RELEASE_DIR:
+        raise ReleaseError(f"{directory}/{chapter} has no student notebook yet: run "
+                           "`gptcourse release` after changing solutions/")
     if len(found) != 1:
         raise ReleaseError(f"{directory}/{chapter} must hold exactly one notebook, "
                            f"found {len(found)}: {[p.name for p in found]}")
@@ -148,6 +151,31 @@ def notebook_bytes(nb: nbformat.NotebookNode) -> bytes:
     return (text if text.endswith("\n") else text + "\n").encode("utf-8")
 
 
+def _ensure_sqlite_folder(db_url: str) -> None:
+    if db_url.startswith("sqlite:///"):
+        Path(db_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def course_config(work: Path, root: Path | None = None):
+    """The course's nbgrader Config, redirected into the scratch folder ``work``.
+
+    Sources stay in the course's ``solutions/``; the release, submitted, autograded and
+    feedback folders and the gradebook all live under ``work``. Used to grade or test
+    without touching the course folder (for example in a temporary directory).
+    """
+    root = find_course_root() if root is None else Path(root)
+    work = Path(work).resolve()
+    config = load_course_config(root)
+    config.CourseDirectory.root = str(work)
+    config.CourseDirectory.source_directory = str(root / SOURCE_DIR)
+    config.CourseDirectory.release_directory = str(work / "release")
+    for step in ("submitted", "autograded", "feedback", "solution", "source_with_tests"):
+        setattr(config.CourseDirectory, f"{step}_directory", str(work / step))
+    config.CourseDirectory.db_url = "sqlite:///" + str(work / "gradebook.db")
+    config.Exchange.root = str(work / "exchange")
+    return config
+
+
 class _Collect(logging.Handler):
     """Keeps nbgrader's error messages so that a failed release can show them."""
 
@@ -159,8 +187,12 @@ class _Collect(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _generate(chapter: str, root: Path, work: Path) -> Path:
-    """Run nbgrader's GenerateAssignment for ``chapter`` into ``work``; return its folder."""
+def _generate(chapter: str, root: Path, work: Path, gradebook: bool = False) -> Path:
+    """Run nbgrader's GenerateAssignment for ``chapter`` into ``work``; return its folder.
+
+    With ``gradebook=True`` the chapter's graded cells are recorded in the course's
+    gradebook (from nbgrader_config.py); otherwise in a throw-away one inside ``work``.
+    """
     from nbgrader.converters import GenerateAssignment
     from nbgrader.coursedir import CourseDirectory
 
@@ -168,8 +200,11 @@ def _generate(chapter: str, root: Path, work: Path) -> Path:
     config = load_course_config(root)
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.release_directory = str(work / "release")
-    # A throw-away gradebook: releasing must never touch an instructor's real one.
-    config.CourseDirectory.db_url = "sqlite:///" + str(work / "gradebook.db")
+    if not gradebook:
+        # A throw-away gradebook: a plain release never touches an instructor's real one.
+        config.CourseDirectory.db_url = "sqlite:///" + str(work / "gradebook.db")
+    else:
+        _ensure_sqlite_folder(config.CourseDirectory.db_url)
     config.GenerateAssignment.force = True
     config.GenerateAssignment.create_assignment = True
 
@@ -190,42 +225,50 @@ def _generate(chapter: str, root: Path, work: Path) -> Path:
     return work / "release" / chapter
 
 
-def release_chapter(chapter: str, output_dir: Path, root: Path | None = None) -> list[Path]:
+def release_chapter(chapter: str, output_dir: Path, root: Path | None = None,
+                    gradebook: bool = False, work: Path | None = None) -> list[Path]:
     """Release one chapter into ``output_dir/chapter``; return the notebooks written.
 
     The chapter's folder in ``output_dir`` is replaced as a whole (other files of the
-    chapter, such as data or scripts, are copied as nbgrader copies them).
+    chapter, such as data or scripts, are copied as nbgrader copies them). With
+    ``gradebook=True`` the chapter is also recorded in the course's gradebook. ``work`` is
+    a scratch folder that may be shared by several releases (it holds the throw-away
+    gradebook, whose creation is the slowest step); by default a temporary one is used.
     """
     root = find_course_root() if root is None else Path(root)
     chapter_notebook(chapter, root)
     output_dir = Path(output_dir).resolve()
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="gptcourse-release-") as tmp:
+            return release_chapter(chapter, output_dir, root, gradebook, Path(tmp))
 
-    with tempfile.TemporaryDirectory(prefix="gptcourse-release-") as tmp:
-        generated = _generate(chapter, root, Path(tmp))
-        target = output_dir / chapter
-        staging = output_dir / f".{chapter}.partial"
-        if staging.exists():
-            shutil.rmtree(staging)
-        shutil.copytree(generated, staging)
+    generated = _generate(chapter, root, Path(work), gradebook)
+    target = output_dir / chapter
+    staging = output_dir / f".{chapter}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(generated, staging)
 
-        written = []
-        for path in sorted(staging.glob("*.ipynb")):
-            nb = nbformat.read(path, as_version=4)
-            normalize_notebook(nb, path.stem)
-            path.write_bytes(notebook_bytes(nb))
-            written.append(target / path.name)
+    written = []
+    for path in sorted(staging.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        normalize_notebook(nb, path.stem)
+        path.write_bytes(notebook_bytes(nb))
+        written.append(target / path.name)
 
-        # Swap in the new folder only once every notebook is written.
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+    # Swap in the new folder only once every notebook is written.
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
     return written
 
 
 def release_all(output_dir: Path | None = None, root: Path | None = None,
-                only: list[str] | None = None) -> list[Path]:
+                only: list[str] | None = None, gradebook: bool = False) -> list[Path]:
     """Release every chapter present in solutions/ (or those in ``only``).
 
+    ``gradebook=True`` also records the chapters in the course's gradebook (see
+    :func:`release_chapter`).
     ``output_dir`` defaults to the course's notebooks/. When every chapter is released, a
     chapter folder in ``output_dir`` whose source no longer exists is removed: notebooks/
     holds generated files only.
@@ -242,8 +285,9 @@ def release_all(output_dir: Path | None = None, root: Path | None = None,
     selected = list(only) if only else present
 
     written = []
-    for chapter in selected:
-        written += release_chapter(chapter, output_dir, root)
+    with tempfile.TemporaryDirectory(prefix="gptcourse-release-") as work:
+        for chapter in selected:
+            written += release_chapter(chapter, output_dir, root, gradebook, Path(work))
 
     if not only:
         for stale in sorted(output_dir.iterdir()):
@@ -260,12 +304,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in solutions/")
     parser.add_argument("--output", type=Path, metavar="DIR",
                         help="write the student notebooks here instead of notebooks/")
+    parser.add_argument("--gradebook", action="store_true",
+                        help="also record each chapter's graded cells in the class gradebook "
+                             "(db_url of nbgrader_config.py), as nbgrader's release_assignment, "
+                             "autograde and formgrader need; without it a throw-away gradebook "
+                             "is used")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         root = find_course_root()
-        written = release_all(args.output, root, args.chapter)
+        written = release_all(args.output, root, args.chapter, args.gradebook)
     except (FileNotFoundError, ReleaseError) as exc:
         print(f"gptcourse release: {exc}")
         return 1
