@@ -47,5 +47,11 @@ c.Execute.timeout = 600
 c.Execute.startup_timeout = 120
 c.Execute.interrupt_on_timeout = True
 
-# Student notebooks ship without outputs.
-c.ClearOutput.enabled = True
+# Feedback for learners must not show the hidden tests' source: remove it before the
+# feedback HTML is written (stock nbgrader copies every test cell into the feedback).
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.ClearHiddenTests",
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+c.ClearHiddenTests.enforce_metadata = False

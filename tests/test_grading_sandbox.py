@@ -263,9 +263,10 @@ def test_learner_processes_do_not_outlive_the_job(sandbox, tmp_path):
         pytest.skip("needs a separate uid or namespaces")
     flag = tmp_path / "still-alive"
     os.chmod(tmp_path, 0o777)
+    script = tmp_path / "linger.py"
+    script.write_text(f"import time, pathlib\ntime.sleep(2)\npathlib.Path({str(flag)!r}).touch()\n")
     spawner = ("import subprocess, sys\n"
-               "subprocess.Popen([sys.executable, '-c', 'import time, pathlib; time.sleep(2); "
-               f"pathlib.Path({str(flag)!r}).write_text(\"x\")'])\n" + RIGHT)
+               f"subprocess.Popen([sys.executable, {str(script)!r}])\n" + RIGHT)
     assert grade(sandbox, [spawner]).score == 1.0
     import time
 

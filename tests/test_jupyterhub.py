@@ -109,7 +109,6 @@ c.Spawner.args = {["--allow-root"] if os.geteuid() == 0 else []!r}
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        subprocess.run(["pkill", "-f", f"{root}/home"], check=False)
 
 
 class User:

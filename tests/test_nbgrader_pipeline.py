@@ -210,6 +210,10 @@ def test_autograded_solution_scores_full_marks(course, chapter):
     result = course.autograde(chapter, SOLUTION)
     assert result["success"], result.get("log")
 
+    autograded = next((course.work / "autograded" / SOLUTION / chapter).glob("*.ipynb"))
+    for index, cell in enumerate(nbformat.read(autograded, as_version=4).cells):
+        errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
+        assert not errors, f"cell {index} of {chapter} raised {errors[0].ename}"
     grades = course.grades(chapter, SOLUTION)
     assert grades, f"no graded cells recorded for {chapter}"
     for name, score, max_score, manual in grades:

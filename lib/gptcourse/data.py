@@ -117,16 +117,22 @@ def download(url: str = TINY_SHAKESPEARE_URL, dest: str | os.PathLike | None = N
     :class:`DownloadError` (``offline=True`` when no connection could be made).
     """
     dest = Path(dest) if dest is not None else cached_path()
-    dest.parent.mkdir(parents=True, exist_ok=True)
     how = _HOW_TO_SUPPLY.format(cached=dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"Cannot create the cache folder {dest.parent} ({err}); set "
+                            f"{CACHE_ENV} to a writable folder. {how}") from err
 
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as err:
-        raise DownloadError(f"Downloading {url} failed: HTTP {err.code} {err.reason}. {how}")
+        raise DownloadError(
+            f"Downloading {url} failed: HTTP {err.code} {err.reason}. {how}") from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise DownloadError(f"Could not connect to {url} ({reason}). {how}", offline=True)
+        raise DownloadError(f"Could not connect to {url} ({reason}). {how}",
+                            offline=True) from err
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)

@@ -69,8 +69,8 @@ def plot_attention(weights: Any, query_tokens: Sequence[Any] | None = None,
     ax = _new_axes(ax)
     image = ax.imshow(weights.numpy(), cmap=WEIGHTS_CMAP, vmin=0.0, vmax=1.0,
                       aspect="auto", interpolation="nearest")
-    _label_axes(ax, _token_labels(key_tokens, t_k, "key"),
-                _token_labels(query_tokens, t_q, "query"))
+    y_labels = _token_labels(query_tokens, t_q, "query")
+    _label_axes(ax, _token_labels(key_tokens, t_k, "key"), y_labels)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     if title:
@@ -184,7 +184,7 @@ def plot_loss_curves(history: Any, ax: Axes | None = None,
     if iter_loss:
         ax.plot(range(1, len(iter_loss) + 1), iter_loss, color=colors(0.4), alpha=0.35,
                 linewidth=0.8, label="train (each batch)")
-    for (name, values), shade in zip(curves.items(), (0.0, 0.7)):
+    for (name, values), shade in zip(curves.items(), (0.0, 0.7), strict=True):
         if values:
             ax.plot(steps, values, marker="o", markersize=3, color=colors(shade), label=name)
 

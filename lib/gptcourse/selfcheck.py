@@ -192,6 +192,14 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, timeout: int = DEFAUL
         died = f"the notebook could not be run to the end: {type(exc).__name__}: {exc}"
     finally:
         bar.close()
+
+    # nbclient interrupts a cell over the limit; the kernel answers with KeyboardInterrupt.
+    # Headless, nothing else sends one, so name the real cause.
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error" and output.get("ename") == "KeyboardInterrupt":
+                output["ename"] = "CellTimeoutError"
+                output["evalue"] = f"the cell ran longer than {timeout} s and was interrupted"
     return nb, died
 
 

@@ -273,7 +273,8 @@ register(Exercise(
         Mistake("mask transposed", _MASK_TRANSPOSED, _masked_transposed),
         Mistake("unscaled", _UNSCALED, _masked_unscaled),
     ),
-    forbidden=("gptcourse.attention.scaled_dot_product_attention",),
+    forbidden=("gptcourse.attention.scaled_dot_product_attention",
+               "gptcourse.attention.softmax"),
 ))
 
 

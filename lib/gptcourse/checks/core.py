@@ -209,16 +209,21 @@ def run_cases(exercise: Exercise, candidate: Any, cases: list[Case]) -> list[Out
 
 
 def _matches(exercise: Exercise, cases: list[Case], implementation: Callable[..., Any],
-             outcomes: list[Outcome]) -> bool:
-    """True when ``outcomes`` agree with ``implementation`` on every case."""
-    for case, outcome in zip(cases, outcomes):
-        if outcome.error is not None:
+             outcomes: list[Outcome], first: int = 0) -> bool:
+    """True when ``outcomes`` agree with ``implementation`` on every case.
+
+    Case ``first`` (where the candidate first failed) is tried first: it rules most
+    variants out after a single run.
+    """
+    order = [first] + [i for i in range(len(cases)) if i != first]
+    for i in order:
+        if outcomes[i].error is not None:
             return False
         try:
-            expected = exercise.run(implementation, case)
+            expected = exercise.run(implementation, cases[i])
         except Exception:
             return False
-        if exercise.differ(expected, outcome.value) is not None:
+        if exercise.differ(expected, outcomes[i].value) is not None:
             return False
     return True
 
@@ -229,21 +234,23 @@ def evaluate(exercise: Exercise, cases: list[Case], outcomes: list[Outcome]) -> 
         return Verdict(False, "not attempted: replace `raise NotImplementedError()` "
                               "with your code", attempted=False)
 
-    first_failure = None
-    for case, outcome in zip(cases, outcomes):
+    first_failure, failed_at = None, 0
+    for index, (case, outcome) in enumerate(zip(cases, outcomes)):
         if outcome.error is not None:
             first_failure = f"on {case.label}, your code raised {outcome.error}"
-            break
-        expected = exercise.run(exercise.reference, case)
-        difference = exercise.differ(expected, outcome.value)
-        if difference is not None:
-            first_failure = f"on {case.label}: {difference}"
+        else:
+            expected = exercise.run(exercise.reference, case)
+            difference = exercise.differ(expected, outcome.value)
+            if difference is not None:
+                first_failure = f"on {case.label}: {difference}"
+        if first_failure is not None:
+            failed_at = index
             break
     if first_failure is None:
         return Verdict(True, f"passed {len(cases)} checks")
 
     for mistake in exercise.mistakes:
-        if _matches(exercise, cases, mistake.variant, outcomes):
+        if _matches(exercise, cases, mistake.variant, outcomes, first=failed_at):
             return Verdict(False, f"{mistake.message} ({first_failure})", mistake=mistake.name)
     return Verdict(False, first_failure)
 

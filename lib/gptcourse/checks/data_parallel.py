@@ -247,13 +247,13 @@ register(Exercise(
 
 # ---- training_flops ----------------------------------------------------------------------
 
-def training_flops(n_params: int, n_tokens: int) -> float:
+def training_flops(n_params: float, n_tokens: float) -> float:
     """Approximate floating-point operations to train on ``n_tokens``: 6 * N * D.
 
     Per parameter and token: 2 in the forward pass (a multiply and an add) and 4 in the
     backward pass (gradients with respect to both the input and the weight).
     """
-    return 6 * n_params * n_tokens
+    return float(6 * n_params * n_tokens)  # a float, so int and float answers compare alike
 
 
 def _flops_cases(hidden):
@@ -270,20 +270,20 @@ register(Exercise(
         Mistake("forward_only_flops",
                 "You count 2 * N * D, the forward pass only: the backward pass costs about "
                 "twice the forward, so training is about 6 * N * D.",
-                lambda n, d: 2 * n * d),
+                lambda n, d: float(2 * n * d)),
         Mistake("backward_only_flops",
                 "You count 4 * N * D, the backward pass only: add the forward pass's "
-                "2 * N * D.", lambda n, d: 4 * n * d),
+                "2 * N * D.", lambda n, d: float(4 * n * d)),
     ),
 ))
 
 
 # ---- adam_memory_bytes -------------------------------------------------------------------
 
-def adam_memory_bytes(n_params: int, bytes_per_value: int = 4) -> int:
+def adam_memory_bytes(n_params: float, bytes_per_value: int = 4) -> float:
     """Bytes to train with Adam: parameters, gradients and Adam's two moment estimates,
     each one value per parameter (activations not included)."""
-    return 4 * n_params * bytes_per_value
+    return float(4 * n_params * bytes_per_value)
 
 
 def _memory_cases(hidden):
@@ -299,16 +299,16 @@ register(Exercise(
     mistakes=(
         Mistake("parameters_only",
                 "You count the parameters only: training also keeps one gradient and two "
-                "Adam moments per parameter.", lambda n, b: n * b),
+                "Adam moments per parameter.", lambda n, b: float(n * b)),
         Mistake("no_adam_states",
                 "You count parameters and gradients but not Adam's two moment estimates "
                 "(exp_avg and exp_avg_sq), one value each per parameter.",
-                lambda n, b: 2 * n * b),
+                lambda n, b: float(2 * n * b)),
         Mistake("one_copy_missing",
                 "One copy is missing: parameters, gradients, and Adam's first AND second "
-                "moments make four values per parameter.", lambda n, b: 3 * n * b),
+                "moments make four values per parameter.", lambda n, b: float(3 * n * b)),
         Mistake("bits_not_bytes",
                 "The result ignores bytes_per_value: multiply the number of values by the "
-                "bytes each one takes.", lambda n, b: 4 * n),
+                "bytes each one takes.", lambda n, b: float(4 * n)),
     ),
 ))

@@ -125,7 +125,8 @@ class _LayerNormVariant(ref_block.LayerNorm):
 
     def forward(self, x):
         m = self.mistake
-        dim = 0 if m == "normalised over the wrong dim" else -1
+        dim = {"normalised over the batch": 0, "normalised over the positions": -2,
+               "normalised over everything": tuple(range(x.dim()))}.get(m, -1)
         mean = x.mean(dim=dim, keepdim=True)
         var = x.var(dim=dim, keepdim=True, unbiased=(m == "unbiased variance"))
         if m == "eps outside the sqrt":
@@ -203,10 +204,19 @@ register(Exercise(
                 "You add eps after the square root, (x - mean) / (std + eps); LayerNorm adds "
                 "it inside: (x - mean) / sqrt(var + eps).",
                 _ln_variant("eps outside the sqrt")),
-        Mistake("normalised over the wrong dim",
-                "You normalise over the batch dimension (dim=0); LayerNorm normalises each "
-                "position's vector over its own features: use dim=-1 with keepdim=True.",
-                _ln_variant("normalised over the wrong dim")),
+        Mistake("normalised over the batch",
+                "You normalise over the batch dimension (dim=0), as BatchNorm does; LayerNorm "
+                "normalises each position's vector over its own features: dim=-1, "
+                "keepdim=True.",
+                _ln_variant("normalised over the batch")),
+        Mistake("normalised over the positions",
+                "You normalise over the positions (dim=-2 or 1); LayerNorm normalises each "
+                "position's vector over its own features: dim=-1, keepdim=True.",
+                _ln_variant("normalised over the positions")),
+        Mistake("normalised over everything",
+                "You take one mean and one variance over the whole tensor; LayerNorm takes "
+                "them per position, over the last dimension: x.mean(dim=-1, keepdim=True).",
+                _ln_variant("normalised over everything")),
         Mistake("no scale and shift",
                 "You normalise but never apply the learned scale and shift: multiply by "
                 "self.weight and add self.bias at the end.",

@@ -94,11 +94,11 @@ def _gpt_case(label, g, B, T, vocab_size, context_length, d_model, n_heads, n_la
           "n_heads": n_heads, "n_layers": n_layers, "d_ff": d_ff, "tie_weights": tie_weights}
     template = ref.GPT(case_config(kw))
     state = random_state(template, g, dtype)
-    if tie_weights:
-        state["lm_head.weight"] = state["token_embedding.weight"]
     # Embeddings of spread 1 (random_state gives 1/sqrt(d_model) to 2-D weights)
     for name in ("token_embedding.weight", "position_embedding.weight"):
         state[name] = state[name] * d_model ** 0.5
+    if tie_weights:
+        state["lm_head.weight"] = state["token_embedding.weight"]
     kw["state"] = state
     kw["idx"] = torch.randint(0, vocab_size, (B, T), generator=g)
     kw["targets"] = torch.randint(0, vocab_size, (B, T), generator=g) if targets else None
@@ -191,6 +191,26 @@ def _formula(vocab_size, context_length, d_model, n_layers, d_ff=None, bias=True
     return count
 
 
+def compare_counts(expected, actual):
+    """Counts must be exact: a forgotten LayerNorm is a few thousand of a hundred million."""
+    if isinstance(expected, dict):
+        for key in expected:
+            message = compare_counts(expected[key], actual.get(key) if isinstance(actual, dict)
+                                     else actual)
+            if message:
+                return f"{key}: {message}"
+        return None
+    if isinstance(actual, torch.Tensor) and actual.numel() == 1:
+        actual = actual.item()
+    if isinstance(actual, float) and actual.is_integer():
+        actual = int(actual)
+    if not isinstance(actual, int) or isinstance(actual, bool):
+        return f"expected a whole number, got {actual!r}"
+    if actual != expected:
+        return f"expected {expected:,}, got {actual:,} (off by {actual - expected:+,})"
+    return None
+
+
 def _count_variant(mistake):
     return functools.partial(_formula, mistake=mistake)
 
@@ -257,6 +277,7 @@ register(Exercise(
     reference=ref.gpt_parameter_count,
     visible=_count_visible,
     hidden=_count_hidden,
+    compare=compare_counts,
     mistakes=tuple(Mistake(name, message, _count_variant(name))
                    for name, message in _COUNT_MISTAKES),
     forbidden=("gptcourse.model.gpt_parameter_count",),
@@ -305,6 +326,7 @@ register(Exercise(
     reference=gpt3_arithmetic,
     visible=_gpt3_cases,
     hidden=_gpt3_cases,
+    compare=compare_counts,
     mistakes=(
         Mistake("heads of one layer",
                 "You counted the heads of one layer; every one of the 96 layers has its own "

@@ -302,7 +302,8 @@ _HEADS_DEPEND_ON_ALL = (
 MHA_MISTAKES = (
     Mistake("slice input",
             "Your heads are made by slicing the input vector before any projection, so head "
-            f"h only sees input dimensions h*d_head:(h+1)*d_head. Instead, {_HEADS_DEPEND_ON_ALL}.",
+            "h only sees input dimensions h*d_head:(h+1)*d_head. Instead, "
+            f"{_HEADS_DEPEND_ON_ALL}.",
             _variant("slice input")),
     Mistake("no transpose at all",
             "You split and merged the heads with reshape/view and no transpose, so a head "

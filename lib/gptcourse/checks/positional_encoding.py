@@ -134,6 +134,7 @@ register(Exercise(
                 "(attend(x[:, perm]), attend(x)[:, perm]): shuffled-then-attended first.",
                 _pair_swapped),
     ),
+    forbidden=("gptcourse.checks.positional_encoding.equivariance_pair",),
 ))
 
 
@@ -194,6 +195,13 @@ def _pe_inverted(context_length, d_model, base=10000.0):
     pair = torch.arange((d_model + 1) // 2, dtype=torch.float64)
     position = torch.arange(context_length, dtype=torch.float64)[:, None]
     angle = position * base ** (2 * pair / d_model)  # multiplied where it should divide
+    return _interleave(angle.sin(), angle.cos(), d_model)
+
+
+def _pe_log10(context_length, d_model, base=10000.0):
+    pair = torch.arange((d_model + 1) // 2, dtype=torch.float64)
+    position = torch.arange(context_length, dtype=torch.float64)[:, None]
+    angle = position * torch.exp(-2 * pair * math.log10(base) / d_model)
     return _interleave(angle.sin(), angle.cos(), d_model)
 
 
@@ -267,6 +275,11 @@ register(Exercise(
                 "You multiplied the position by base**(2i / d_model) instead of dividing "
                 "by it, so the later columns turn faster instead of slower.",
                 _pe_inverted),
+        Mistake("log10 inside exp",
+                "Your frequencies use math.log10 inside torch.exp. The exponential undoes "
+                "the natural logarithm: exp(-2i * math.log(base) / d_model) equals "
+                "1 / base**(2i / d_model).",
+                _pe_log10),
         Mistake("context_length in the exponent",
                 "Your exponent divides by context_length. It is 2i / d_model: the "
                 "frequencies depend on the width of the vectors, not on how many "
@@ -376,4 +389,5 @@ register(Exercise(
                 "position is where it stands in the sequence, 0 .. T - 1: use pe[:T].",
                 _embed_pe_by_token),
     ),
+    forbidden=("gptcourse.checks.positional_encoding.embed_with_positions",),
 ))

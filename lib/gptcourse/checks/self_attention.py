@@ -101,7 +101,8 @@ _BY_D_K = ("Your scores are divided by d_k instead of sqrt(d_k): that shrinks th
            "Use math.sqrt(q.size(-1)).")
 _BY_SQRT_T = ("Your scores are divided by the square root of the number of tokens, not of "
               "d_k: q.shape[1] or q.size(-2) is T. d_k is the LAST dimension, q.size(-1).")
-_TIMES_SQRT = ("Your scores are multiplied by sqrt(d_k) instead of divided by it.")
+_TIMES_SQRT = ("Your scores are multiplied by sqrt(d_k) instead of divided by it: "
+               "q @ k^T / math.sqrt(d_k).")
 _KEYS_FIRST = ("Your score matrix is transposed: you computed k @ q^T, so row i holds key i "
                "against every query. Row i must be query i against every key: q @ k^T.")
 
@@ -309,7 +310,8 @@ register(Exercise(
         Mistake("(weights, output)", _SWAPPED, _attention_swapped),
         Mistake("weights not returned", _OUTPUT_ONLY, _attention_output_only),
     ),
-    forbidden=("gptcourse.attention.scaled_dot_product_attention",),
+    forbidden=("gptcourse.attention.scaled_dot_product_attention",
+               "gptcourse.attention.attention_scores", "gptcourse.attention.softmax"),
 ))
 
 
@@ -400,5 +402,7 @@ register(Exercise(
         Mistake("(weights, output)", _SWAPPED, _self_attention_swapped),
     ),
     forbidden=("gptcourse.attention.scaled_dot_product_attention",
+               "gptcourse.attention.attention_scores", "gptcourse.attention.softmax",
+               "gptcourse.attention.AttentionHead",
                "gptcourse.checks.self_attention.self_attention"),
 ))

@@ -111,6 +111,7 @@ register(Exercise(
                 "Multiply them by the embedding matrix: one_hot @ weight.",
                 _one_hot_only),
     ),
+    forbidden=("gptcourse.checks.tokens_and_embeddings.one_hot_embed",),
 ))
 
 
@@ -163,6 +164,10 @@ def _cosine_whole_tensor_norm(a, b):
     return (a * b).sum(-1) / (a.norm() * b.norm())
 
 
+def _cosine_distance(a, b):
+    return 1 - cosine_similarity(a, b)
+
+
 register(Exercise(
     id="cosine_similarity",
     chapter=CHAPTER,
@@ -191,7 +196,13 @@ register(Exercise(
                 "You divided by the norm of the whole tensor (.norm() with no dim), which "
                 "mixes every row together. Take the length of each vector: .norm(dim=-1).",
                 _cosine_whole_tensor_norm),
+        Mistake("cosine distance",
+                "You returned 1 - cosine similarity, the cosine *distance* (what "
+                "scipy.spatial.distance.cosine computes). Return the similarity itself: "
+                "1 for vectors pointing the same way.",
+                _cosine_distance),
     ),
+    forbidden=("gptcourse.checks.tokens_and_embeddings.cosine_similarity",),
 ))
 
 
@@ -305,6 +316,7 @@ register(Exercise(
                 "similarity, which ignores the lengths of the vectors.",
                 _nearest_by_distance),
     ),
+    forbidden=("gptcourse.checks.tokens_and_embeddings.nearest_neighbours",),
 ))
 
 
@@ -362,4 +374,5 @@ register(Exercise(
                 "to the target. Exclude a, b and c from the search (exclude=(a, b, c)).",
                 _analogy_not_excluded),
     ),
+    forbidden=("gptcourse.checks.tokens_and_embeddings.analogy",),
 ))

@@ -61,7 +61,9 @@ def _run_get_batch(candidate, case):
     summary["contiguous"] = bool((steps == 1).all())
     shift = torch.unique(y - x)
     summary["shift"] = int(shift[0]) if len(shift) == 1 else "mixed"
-    window_starts = torch.minimum(x[:, 0], y[:, 0])                   # (B,)
+    if summary["shift"] != 1:
+        return summary                     # which segments were used matters only after
+    window_starts = x[:, 0]                                            # (B,)
     summary["last_window_used"] = int(window_starts.max()) == n_tokens - context_length - 1
     summary["first_window_used"] = int(window_starts.min()) == 0
     return summary
