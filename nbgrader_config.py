@@ -35,14 +35,14 @@ os.makedirs(os.path.join(HERE, "grading"), exist_ok=True)
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(HERE, "grading", "gradebook.db")
 
 # The nbgrader exchange (hand-out and collection on a shared machine) lives outside the
-# repository; override with `--Exchange.root=...` or here.
+# repository: /srv/nbgrader/exchange, or the folder in $GPTCOURSE_EXCHANGE.
 c.Exchange.root = os.environ.get("GPTCOURSE_EXCHANGE", "/srv/nbgrader/exchange")
 
 # Execution bounds. nbgrader 0.9.6 honours `Execute.timeout` (the older
 # `ExecutePreprocessor.timeout` is ignored by its autograder and validator). It bounds every
-# cell in seconds; 600 s covers the longest cell of the course, the training loop of
-# chapter 09 in learner mode (about 3 minutes on a 2-core laptop). Every other cell of the
-# course finishes in well under 30 s.
+# cell in seconds. Training cells (chapters 09 and 10, run in learner mode without
+# GPTCOURSE_QUICK) get this longer bound of 600 s; every other cell of the course is meant
+# to finish well within nbgrader's default of 30 s.
 c.Execute.timeout = 600
 c.Execute.startup_timeout = 120
 c.Execute.interrupt_on_timeout = True

@@ -140,3 +140,12 @@ def test_encoder_loss_scores_the_masked_positions_only():
         encoder(idx, idx)
     with pytest.raises(ValueError, match="context_length"):
         encoder(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_encoder_takes_the_positions_of_its_config():
+    learned = enc.Encoder(GPTConfig(**CONFIG))
+    fixed = enc.Encoder(GPTConfig(**CONFIG, positions="sinusoidal"))
+    n_position_weights = CONFIG["context_length"] * CONFIG["d_model"]
+    count = sum(p.numel() for p in learned.parameters()) - sum(
+        p.numel() for p in fixed.parameters())
+    assert count == n_position_weights

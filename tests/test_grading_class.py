@@ -71,7 +71,7 @@ def grade(subs, out, *extra):
 def test_a_class_run_scores_everyone_and_says_why(tmp_path, capsys):
     subs, out = make_class(tmp_path / "submitted"), tmp_path / "out"
 
-    assert grade(subs, out, "--no-autograde", "--jobs", "2") == 0
+    assert grade(subs, out, "--no-autograde", "--no-feedback", "--jobs", "2") == 0
     rows = read_csv(out / "grades.csv")
     assert set(rows) == set(CLASS)
     for student, (_, score, reason) in CLASS.items():
@@ -92,7 +92,7 @@ def test_a_class_run_scores_everyone_and_says_why(tmp_path, capsys):
 
     # A rerun continues: nothing left to grade, the report is the same.
     capsys.readouterr()
-    assert grade(subs, out, "--no-autograde") == 0
+    assert grade(subs, out, "--no-autograde", "--no-feedback") == 0
     assert "9 submissions already graded" in capsys.readouterr().out
     assert read_csv(out / "grades.csv") == rows
 
@@ -104,7 +104,7 @@ def test_nbgrader_runs_too_and_feedback_hides_the_hidden_tests(tmp_path):
         "import warnings\nwarnings.warn('torch says something')\n" + RIGHT)
     submissions.write(warns, subs, "kit")
 
-    assert grade(subs, out, "--cell-timeout", "5", "--notebook-timeout", "40", "--jobs", "2") == 0
+    assert grade(subs, out, "--cell-timeout", "20", "--notebook-timeout", "60", "--jobs", "2") == 0
     rows = read_csv(out / "grades.csv")
     assert {s: float(r["score"]) for s, r in rows.items()} == {
         "ada": 1, "cem": 0, "hal": 0, "kit": 1}
@@ -128,7 +128,7 @@ def test_a_killed_run_loses_nothing_and_a_rerun_finishes(tmp_path):
     subs, out = make_class(tmp_path / "submitted", students), tmp_path / "out"
     command = [sys.executable, "-m", "gptcourse.cli", "grade", str(subs), str(out),
                "--db", f"sqlite:///{out / 'gradebook.db'}", "--timeout", "60",
-               "--no-autograde"]
+               "--no-autograde", "--no-feedback"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     first = out / "results" / "a1" / f"{CHAPTER}.json"
@@ -141,7 +141,7 @@ def test_a_killed_run_loses_nothing_and_a_rerun_finishes(tmp_path):
     proc.wait()
     assert not (out / "results" / "b2" / f"{CHAPTER}.json").exists()
 
-    assert grade(subs, out, "--no-autograde") == 0
+    assert grade(subs, out, "--no-autograde", "--no-feedback") == 0
     rows = read_csv(out / "grades.csv")
     assert {s: float(r["score"]) for s, r in rows.items()} == {"a1": 1, "b2": 0, "c3": 0}
     assert sqlite3.connect(out / "gradebook.db").execute(

@@ -52,13 +52,13 @@ class Course:
         # nbgrader's file exchange names a submission after the account that made it.
         self.learner = pwd.getpwuid(os.getuid()).pw_name
 
-    def run(self, command, cwd=None, learner=False, check=True, shell=False):
+    def run(self, command, cwd=None, learner=False, check=True):
         """Run a README command as typed (learners add --Exchange.root, see the README)."""
-        args = command if shell else command.split()
+        args = command.split()
         if learner and args[0] == "nbgrader":
             args.append(f"--Exchange.root={self.exchange}")
         done = subprocess.run(args, cwd=cwd or self.root, env=self.env, text=True,
-                              capture_output=True, timeout=900, shell=shell)
+                              capture_output=True, timeout=900)
         if check:
             assert done.returncode == 0, f"{command}:\n{done.stdout}\n{done.stderr}"
         return done
@@ -116,8 +116,6 @@ def test_3_collect(course):
     folder = f"grading/submitted/ada/{CHAPTER}"
     course.run(f"mkdir -p {folder}")
     course.run(f"cp {downloaded} {folder}/")
-    course.run(f"bash -c 'date -u \"+%Y-%m-%d %H:%M:%S UTC\" > {folder}/timestamp.txt'"
-               .replace("'", ""), shell=True)
     assert (course.root / folder / NOTEBOOK).exists()
 
 
@@ -177,7 +175,8 @@ def test_5_formgrader_shows_the_class(course):
 
 def test_6_feedback_without_hidden_tests(course):
     course.run(f"nbgrader generate_feedback {CHAPTER}")
-    course.run(f"nbgrader release_feedback {CHAPTER}")
+    # ada's notebook came by hand, so feedback goes through the exchange by name.
+    course.run(f"nbgrader release_feedback {CHAPTER} --student {course.learner}")
     course.run(f"nbgrader fetch_feedback {CHAPTER} --course gptcourse", course.home, True)
 
     fetched = list((course.home / CHAPTER / "feedback").glob(f"*/{NOTEBOOK[:-6]}.html"))

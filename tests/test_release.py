@@ -108,29 +108,44 @@ def _lines(text):
 GENERIC = re.compile(r"^(return|pass|else:|try:|\)|\]|\}|[#\"'].*|return \w+|\w+ = \w+)$")
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
-def test_student_notebook_has_no_solution_or_hidden_test(chapter):
-    source = chapter_notebook(chapter, ROOT, SOURCE_DIR)
-    student = chapter_notebook(chapter, ROOT, RELEASE_DIR)
-    source_cells = [c.source for c in nbformat.read(source, as_version=4).cells]
-    student_text = "\n".join(c.source for c in nbformat.read(student, as_version=4).cells)
-
-    # What the learner may see: every line of the source outside the secret regions.
+def _leaks(source: nbformat.NotebookNode, student: nbformat.NotebookNode) -> list[str]:
+    """Markers, solution lines and hidden-test lines of ``source`` found in ``student``."""
     public = set()
     secret = set()
-    for text in source_cells:
-        regions = SOLUTION_REGION.findall(text) + HIDDEN_REGION.findall(text)
-        for region in regions:
+    for cell in source.cells:
+        for region in SOLUTION_REGION.findall(cell.source) + HIDDEN_REGION.findall(cell.source):
             secret |= _lines(region)
-        public |= _lines(HIDDEN_REGION.sub("", SOLUTION_REGION.sub("", text)))
+        public |= _lines(HIDDEN_REGION.sub("", SOLUTION_REGION.sub("", cell.source)))
+    # Lines the learner may see anyway (outside the secret regions) are no leak.
     secret = {line for line in secret - public if not GENERIC.match(line)}
 
-    for marker in MARKERS:
-        assert marker not in student_text, f"{student.name} contains {marker!r}"
-    student_lines = _lines(student_text)
-    leaked = sorted(secret & student_lines)
-    assert not leaked, f"{student.name} contains solution or hidden-test lines: {leaked[:5]}"
-    assert "raise NotImplementedError()" in student_text
+    student_text = "\n".join(cell.source for cell in student.cells)
+    found = [marker for marker in MARKERS if marker in student_text]
+    return found + sorted(secret & _lines(student_text))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_student_notebook_has_no_solution_or_hidden_test(chapter):
+    source = nbformat.read(chapter_notebook(chapter, ROOT, SOURCE_DIR), as_version=4)
+    student = nbformat.read(chapter_notebook(chapter, ROOT, RELEASE_DIR), as_version=4)
+
+    leaked = _leaks(source, student)
+
+    assert not leaked, f"{chapter}: the student notebook contains {leaked[:5]}"
+    assert any("raise NotImplementedError()" in cell.source for cell in student.cells)
+
+
+def test_leak_scan_finds_a_solution_line_and_a_hidden_test():
+    source = nbformat.read(chapter_notebook("00-welcome", ROOT, SOURCE_DIR), as_version=4)
+    student = nbformat.read(chapter_notebook("00-welcome", ROOT, RELEASE_DIR), as_version=4)
+    answer = SOLUTION_REGION.findall("".join(c.source for c in source.cells))[0].strip()
+    student.cells[-1].source += "\n" + answer
+    student.cells[-2].source += "\ncheck('mean_squared_error', mean_squared_error, hidden=True)"
+
+    leaked = _leaks(source, student)
+
+    assert answer in leaked
+    assert "hidden=True" in leaked
 
 
 def test_release_command_writes_one_chapter(tmp_path, capsys):

@@ -26,7 +26,11 @@ import torch.nn.functional as F
 
 from gptcourse.attention import causal_mask, scaled_dot_product_attention
 from gptcourse.block import DecoderBlock, LayerNorm
-from gptcourse.embeddings import LearnedPositionalEmbedding, TokenEmbedding
+from gptcourse.embeddings import (
+    LearnedPositionalEmbedding,
+    SinusoidalPositionalEncoding,
+    TokenEmbedding,
+)
 from gptcourse.model import GPTConfig
 
 MASK_PROB = 0.15
@@ -137,8 +141,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = TokenEmbedding(config.vocab_size, config.d_model)
-        self.position_embedding = LearnedPositionalEmbedding(config.context_length,
-                                                             config.d_model)
+        if config.positions == "learned":
+            self.position_embedding = LearnedPositionalEmbedding(config.context_length,
+                                                                 config.d_model)
+        else:
+            self.position_embedding = SinusoidalPositionalEncoding(config.context_length,
+                                                                   config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
         self.ln_final = LayerNorm(config.d_model)

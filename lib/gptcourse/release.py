@@ -13,9 +13,14 @@ The result is then normalised so that releasing twice gives byte-identical files
   from the notebook's stem and the cell's position;
 * the notebook stays at nbformat 4.5 and is written with nbformat's canonical layout.
 
+``gptcourse release --gradebook`` also records each chapter's graded cells in the class
+gradebook named by nbgrader_config.py, which nbgrader's exchange, autograder and formgrader
+need.
+
 The module also holds the helpers other course tools share: :func:`find_course_root`,
 :func:`load_course_config` (raises on any config error, unlike nbgrader, which logs and
-carries on), :func:`chapters` and :func:`chapter_notebook`.
+carries on), :func:`course_config` (the course's config redirected into a scratch folder),
+:func:`ensure_scripts_on_path`, :func:`chapters` and :func:`chapter_notebook`.
 """
 
 import argparse
@@ -212,8 +217,9 @@ def _generate(chapter: str, root: Path, work: Path, gradebook: bool = False) -> 
     coursedir.assignment_id = chapter
     app = GenerateAssignment(coursedir=coursedir, config=config)
     records = _Collect()
+    level = app.log.level
     app.log.addHandler(records)
-    app.log.setLevel(logging.WARNING)
+    app.log.setLevel(logging.WARNING)  # nbgrader's INFO lines would drown the summary
     try:
         app.start()
     except Exception as exc:
@@ -222,6 +228,7 @@ def _generate(chapter: str, root: Path, work: Path, gradebook: bool = False) -> 
                            f"{details}") from exc
     finally:
         app.log.removeHandler(records)
+        app.log.setLevel(level)
     return work / "release" / chapter
 
 

@@ -81,6 +81,10 @@ def lab_server(course_copy, tmp_path_factory):
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # Render every cell, not only those in view, so the page can be inspected whole.
+    tracker = settings / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     command = [
         sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
@@ -88,7 +92,11 @@ def lab_server(course_copy, tmp_path_factory):
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings))
+    exchange = tmp_path_factory.mktemp("exchange")
+    # nbgrader runs some of its tools (alembic) as commands from the environment's bin.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), PATH=path,
+               GPTCOURSE_EXCHANGE=str(exchange))
     log = open(tmp_path_factory.mktemp("lab-log") / "server.log", "w")
     server = subprocess.Popen(command, cwd=course_copy, env=env, stdout=log,
                               stderr=subprocess.STDOUT)

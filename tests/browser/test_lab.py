@@ -36,7 +36,7 @@ def test_solution_notebook_renders_plots_and_progress_bar(page, lab_server):
     tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t]
     assert not tracebacks, tracebacks[0]
     assert page.locator(".jp-RenderedImage img").count() >= 1, "no plot rendered as an image"
-    assert page.locator(".widget-progress").count() >= 1, "no tqdm progress bar shown"
+    assert page.locator(".widget-hprogress").count() >= 1, "no tqdm progress bar shown"
 
 
 def test_undone_exercise_shows_a_readable_error(page, lab_server):
@@ -45,6 +45,7 @@ def test_undone_exercise_shows_a_readable_error(page, lab_server):
     errors = page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']")
     texts = errors.all_inner_texts()
     assert texts, "running an undone notebook showed no error"
+    errors.first.scroll_into_view_if_needed()      # for the screenshot artifact
     first = texts[0]
     assert "not attempted" in first and "NotImplementedError" in first, first
 
