@@ -47,9 +47,11 @@ c.Execute.timeout = 600
 c.Execute.startup_timeout = 120
 c.Execute.interrupt_on_timeout = True
 
-# Feedback for learners must not show the hidden tests' source: remove it before the
-# feedback HTML is written (stock nbgrader copies every test cell into the feedback).
+# Feedback for learners must not show the hidden tests' source: shorten the tracebacks
+# that quote it, then remove it from the check cells before the feedback HTML is written
+# (stock nbgrader copies every test cell and its traceback into the feedback).
 c.GenerateFeedback.preprocessors = [
+    "gptcourse.release.HideHiddenTestSource",
     "nbgrader.preprocessors.ClearHiddenTests",
     "nbgrader.preprocessors.GetGrades",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",

@@ -22,12 +22,19 @@ needs_fences = pytest.mark.skipif(not CAPS.namespaces,
 TIMEOUT = 4.0
 
 RIGHT, WRONG = submissions.RIGHT, submissions.WRONG
-GRADEBOOK = submissions.REPO / "test-artifacts-gradebook.db"
 
 
 @pytest.fixture(scope="module")
-def sandbox():
-    hide = (str(submissions.REPO / "solutions"), str(GRADEBOOK))
+def gradebook(tmp_path_factory):
+    """A stand-in for the instructor's gradebook, which learner code must not reach."""
+    path = tmp_path_factory.mktemp("instructor") / "gradebook.db"
+    path.write_text("the real gradebook")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sandbox(gradebook):
+    hide = (str(submissions.REPO / "solutions"), str(gradebook))
     with Sandbox(timeout=TIMEOUT, hide=hide) as box:
         yield box
 
@@ -199,22 +206,18 @@ def test_a_forged_result_file_is_never_unpickled(sandbox, tmp_path):
 
 
 @needs_fences
-def test_solutions_and_gradebook_are_out_of_reach(sandbox):
-    GRADEBOOK.write_text("the real gradebook")
-    try:
-        spy = (
-            "import os\nfound = []\n"
-            f"for path in [{str(submissions.SOURCE)!r}, {str(GRADEBOOK)!r}]:\n"
-            "    try:\n        found.append(open(path).read())\n    except OSError:\n"
-            "        pass\n"
-            "try:\n"
-            f"    open({str(GRADEBOOK)!r}, 'w').write('tampered')\n"
-            "    found.append('wrote')\nexcept OSError:\n    pass\n"
-            "if not any(found):\n" + "".join("    " + l + "\n" for l in RIGHT.splitlines()))
-        assert grade(sandbox, [spy]).score == 1.0  # defined only when nothing was reached
-        assert GRADEBOOK.read_text() == "the real gradebook"
-    finally:
-        GRADEBOOK.unlink()
+def test_solutions_and_gradebook_are_out_of_reach(sandbox, gradebook):
+    spy = (
+        "import os\nfound = []\n"
+        f"for path in [{str(submissions.SOURCE)!r}, {str(gradebook)!r}]:\n"
+        "    try:\n        found.append(open(path).read())\n    except OSError:\n"
+        "        pass\n"
+        "try:\n"
+        f"    open({str(gradebook)!r}, 'w').write('tampered')\n"
+        "    found.append('wrote')\nexcept OSError:\n    pass\n"
+        "if not any(found):\n" + "".join("    " + l + "\n" for l in RIGHT.splitlines()))
+    assert grade(sandbox, [spy]).score == 1.0  # defined only when nothing was reached
+    assert gradebook.read_text() == "the real gradebook"
 
 
 @needs_fences
@@ -264,7 +267,8 @@ def test_learner_processes_do_not_outlive_the_job(sandbox, tmp_path):
     flag = tmp_path / "still-alive"
     os.chmod(tmp_path, 0o777)
     script = tmp_path / "linger.py"
-    script.write_text(f"import time, pathlib\ntime.sleep(2)\npathlib.Path({str(flag)!r}).touch()\n")
+    script.write_text(f"import time, pathlib\ntime.sleep(2)\n"
+                      f"pathlib.Path({str(flag)!r}).touch()\n")
     spawner = ("import subprocess, sys\n"
                f"subprocess.Popen([sys.executable, {str(script)!r}])\n" + RIGHT)
     assert grade(sandbox, [spawner]).score == 1.0

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,23 @@ def course_config(work: Path, root: Path | None = None):
     config.CourseDirectory.db_url = "sqlite:///" + str(work / "gradebook.db")
     config.Exchange.root = str(work / "exchange")
     return config
+
+
+class HideHiddenTestSource(Preprocessor):
+    """Shorten the tracebacks of check cells holding hidden tests to their last line.
+
+    An IPython traceback quotes the failing cell's source, hidden tests included, so
+    nbgrader's feedback would show them even after ``ClearHiddenTests``. nbgrader_config.py
+    runs it before that preprocessor (the hidden-test markers identify the cells).
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and "BEGIN HIDDEN TESTS" in cell.source:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename', 'Error')}: "
+                                           f"{output.get('evalue', '')}"]
+        return cell, resources
 
 
 class _Collect(logging.Handler):

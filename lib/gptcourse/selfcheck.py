@@ -37,7 +37,7 @@ HELP = ("Run a notebook headless in a fresh kernel and print, for every exercise
         "passed, failed (with the first failure message) or was not attempted. "
         "Exit status 0 only when every exercise passed.")
 
-DEFAULT_TIMEOUT = 600  # seconds per cell; the longest course cell (training) needs ~3 min
+DEFAULT_TIMEOUT = 600  # seconds per cell: the bound nbgrader_config.py gives training cells
 TEST_PREFIX = "test_"
 PASSED, FAILED, NOT_ATTEMPTED = "passed", "failed", "not attempted"
 NOT_ATTEMPTED_ERRORS = ("NotAttempted", "NotImplementedError")

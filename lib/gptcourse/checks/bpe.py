@@ -72,7 +72,8 @@ register(Exercise(
 def _merge_cases(hidden):
     cases = [
         Case("[5, 6, 5, 6, 7] merging (5, 6)", ([5, 6, 5, 6, 7], [5, 6], 256)),
-        Case("three in a row: [97, 97, 97, 98] merging (97, 97)", ([97, 97, 97, 98], [97, 97], 256)),
+        Case("three in a row: [97, 97, 97, 98] merging (97, 97)",
+             ([97, 97, 97, 98], [97, 97], 256)),
         Case("the pair at the very end: [1, 2, 3, 1, 2]", ([1, 2, 3, 1, 2], [1, 2], 300)),
     ]
     if hidden:
@@ -220,7 +221,8 @@ TRAIN_TEXT = ("the theme of the thesis: there, then, these. aaaa aaaa "
 
 def _encode_cases(hidden):
     if not hidden:
-        return _coded_cases(VISIBLE_TEXTS, 10) + _coded_cases(["the other theme", "🙂 café"], 12, TRAIN_TEXT)
+        return (_coded_cases(VISIBLE_TEXTS, 10)
+                + _coded_cases(["the other theme", "🙂 café"], 12, TRAIN_TEXT))
     return (_coded_cases(HIDDEN_TEXTS, 15)
             + _coded_cases(["then the cafés", "🙂 new text ü", ""], 25, TRAIN_TEXT))
 
