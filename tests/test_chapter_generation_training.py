@@ -15,6 +15,15 @@ from gptcourse.checks import training as train_checks
 from gptcourse.model import GPT, GPTConfig
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and the suite runs tests side by side."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     config = dict(vocab_size=11, context_length=8, d_model=16, n_heads=2, n_layers=2)

@@ -70,8 +70,10 @@ def grade(subs, out, *extra):
 
 def test_a_class_run_scores_everyone_and_says_why(tmp_path, capsys):
     subs, out = make_class(tmp_path / "submitted"), tmp_path / "out"
+    (subs / "ada" / "99-not-a-chapter").mkdir()  # a stray folder must not stop the run
 
     assert grade(subs, out, "--no-autograde", "--no-feedback", "--jobs", "2") == 0
+    assert "skipping 99-not-a-chapter" in capsys.readouterr().out
     rows = read_csv(out / "grades.csv")
     assert set(rows) == set(CLASS)
     for student, (_, score, reason) in CLASS.items():

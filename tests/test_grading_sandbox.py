@@ -277,3 +277,42 @@ def test_learner_processes_do_not_outlive_the_job(sandbox, tmp_path):
     time.sleep(3)
     assert not flag.exists()
     assert torch.tensor(1).item() == 1
+
+
+def test_without_os_fences_limits_and_the_comparison_still_hold():
+    # What a grader gets without root (or on macOS): limits and the outside comparison.
+    with Sandbox(timeout=TIMEOUT, isolate=False) as plain:
+        assert plain.uid is None and not plain.namespaces
+        assert grade(plain, [PATCHES["torch.allclose always true"] + WRONG]).score == 0.0
+        assert grade(plain, [RIGHT]).score == 1.0
+        cpu = ("x = 0\nwhile True:\n    try:\n        x += 1\n"
+               "    except KeyboardInterrupt:\n        pass\n")
+        assert grade(plain, [cpu]).reason.startswith("timed out")
+
+
+def test_cpu_time_is_bounded_apart_from_the_wall_clock():
+    limits = isolation.Limits(cpu_seconds=1)
+    with Sandbox(limits=limits, timeout=30.0) as box:
+        spin = "while True:\n    pass\n"
+        verdict = grade(box, [spin])
+        assert verdict.reason.startswith("timed out: used more than 1 s of CPU")
+
+
+@needs_fences
+def test_the_course_and_python_cannot_be_modified(sandbox):
+    import sysconfig
+
+    targets = [submissions.REPO / "grading-probe.txt",
+               submissions.REPO / "lib" / "grading-probe.txt",
+               os.path.join(sysconfig.get_path("purelib"), "grading-probe.txt")]
+    probe = ("written = []\n"
+             f"for path in {[str(t) for t in targets]!r}:\n"
+             "    try:\n        open(path, 'w').write('x')\n        written.append(path)\n"
+             "    except OSError:\n        pass\n"
+             "if not written:\n" + "".join("    " + l + "\n" for l in RIGHT.splitlines()))
+    try:
+        assert grade(sandbox, [probe]).score == 1.0
+    finally:
+        for target in targets:
+            if os.path.exists(target):
+                os.unlink(target)

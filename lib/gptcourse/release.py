@@ -35,6 +35,7 @@ from pathlib import Path
 
 import nbformat
 from nbconvert.preprocessors import Preprocessor
+from traitlets import Bool
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ class HideHiddenTestSource(Preprocessor):
     nbgrader's feedback would show them even after ``ClearHiddenTests``. nbgrader_config.py
     runs it before that preprocessor (the hidden-test markers identify the cells).
     """
+
+    enabled = Bool(True).tag(config=True)  # nbconvert's preprocessors start disabled
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and "BEGIN HIDDEN TESTS" in cell.source:

@@ -247,7 +247,7 @@ def evaluate(exercise: Exercise, cases: list[Case], outcomes: list[Outcome]) -> 
             failed_at = index
             break
     if first_failure is None:
-        return Verdict(True, f"passed {len(cases)} checks")
+        return Verdict(True, f"passed {len(cases)} check{'' if len(cases) == 1 else 's'}")
 
     for mistake in exercise.mistakes:
         if _matches(exercise, cases, mistake.variant, outcomes, first=failed_at):

@@ -321,7 +321,8 @@ def _autograde(settings: Settings, chapter: Chapter, student: str, path: Path, s
                 "limits": limits.__dict__,
                 "uid": (None if sandbox.uid is None
                         else sandbox.uid + isolation.AUTOGRADE_UID_OFFSET),
-                "namespaces": sandbox.namespaces, "hide": settings.hide}
+                "namespaces": sandbox.namespaces, "hide": settings.hide,
+                "readonly": isolation.protected_paths(str(settings.root))}
         result = nbgrader_run.autograde(spec, settings.args.notebook_timeout)
         produced = scratch / "autograded" / student / chapter.name / path.name
         notebook = None
@@ -489,15 +490,22 @@ def run(args: argparse.Namespace) -> int:
     settings.output.mkdir(parents=True, exist_ok=True)
     print(f"isolation: {isolation.capabilities().describe()}")
 
-    work = Path(tempfile.mkdtemp(prefix="gptcourse-grade-"))
+    # Gradebook templates of this run; a killed run's leftovers go at the next start.
+    work = settings.output / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     try:
-        chapters: dict[str, Chapter | None] = {}
+        chapters: dict[str, Chapter] = {}
         for name in sorted({c for _, c in pairs}):
             try:
                 chapters[name] = _prepare_chapter(settings, name, work)
             except Exception as exc:
-                print(f"error: chapter {name} cannot be graded: {exc}")
-                return 2
+                if args.chapter:
+                    print(f"error: chapter {name} cannot be graded: {exc}")
+                    return 2
+                # A stray folder among the submissions must not stop the class run.
+                print(f"skipping {name}: not a chapter of this course ({exc})")
+        pairs = [(s, c) for s, c in pairs if c in chapters]
         todo = [(s, c) for s, c in pairs
                 if args.force or not _record_path(settings, s, c).exists()]
         if len(todo) < len(pairs):
@@ -531,7 +539,8 @@ def _grade_all(settings, chapters, todo, sandbox_class, tqdm) -> list:
     sandboxes: queue.Queue = queue.Queue()
     for worker in range(jobs):
         sandbox = sandbox_class(limits=limits, timeout=args.timeout,
-                                hide=tuple(settings.hide), worker=worker)
+                                hide=tuple(settings.hide), worker=worker,
+                                readonly=tuple(isolation.protected_paths(str(settings.root))))
         sandbox.start_soon()
         sandboxes.put(sandbox)
     lock = threading.Lock()

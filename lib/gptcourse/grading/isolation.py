@@ -114,15 +114,16 @@ def capabilities() -> Capabilities:
                         other_uid=root and blocked is None, why_not_uid=why)
 
 
-def _set(which: str, value: int) -> None:
+def _set(which: str, value: int, slack: int = 0) -> None:
     kind = getattr(resource, which, None)
     if kind is None:
         return
     try:
         _, hard = resource.getrlimit(kind)
+        new_hard = value + slack
         if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(kind, (value, value))
+            value, new_hard = min(value, hard), min(new_hard, hard)
+        resource.setrlimit(kind, (value, new_hard))
     except (ValueError, OSError) as exc:  # macOS refuses some limits; say so, go on
         log.debug("could not set %s: %s", which, exc)
 
@@ -131,7 +132,8 @@ def apply_limits(limits: Limits, processes: bool = True) -> None:
     """Limit this process (inherited by its children). ``processes`` only with another uid:
     the process limit counts every process of the uid, the instructor's own included."""
     _set("RLIMIT_AS", limits.memory_bytes)
-    _set("RLIMIT_CPU", limits.cpu_seconds)
+    # SIGXCPU at the soft limit says why the process ended; SIGKILL 2 s later if ignored.
+    _set("RLIMIT_CPU", limits.cpu_seconds, slack=2)
     _set("RLIMIT_FSIZE", limits.file_bytes)
     _set("RLIMIT_CORE", 0)
     if processes:
@@ -148,9 +150,27 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def enter_namespaces(hide: list[str], network: bool = False) -> None:
+def protected_paths(course_root: str | None = None) -> list[str]:
+    """Folders learner code must not modify: the course, this Python and its packages."""
+    import sysconfig
+
+    import gptcourse
+
+    # The folder above the package's: the clone of the course for an editable install.
+    library_root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(gptcourse.__file__))))
+    paths = {sys.prefix, sys.base_prefix, sysconfig.get_path("purelib"),
+             sysconfig.get_path("stdlib"), library_root}
+    if course_root:
+        paths.add(course_root)
+    return sorted(os.path.realpath(p) for p in paths if p and os.path.isdir(p))
+
+
+def enter_namespaces(hide: list[str], network: bool = False,
+                     readonly: list[str] = ()) -> None:
     """Move into a private mount namespace (and, unless ``network``, an empty network
-    namespace) and cover every path in ``hide`` with an empty read-only file system."""
+    namespace), make every folder in ``readonly`` read-only and cover every path in
+    ``hide`` with an empty read-only file system."""
     libc = _libc()
     flags = _CLONE_NEWNS | (0 if network else _CLONE_NEWNET)
     if libc.unshare(flags) != 0:
@@ -159,6 +179,11 @@ def enter_namespaces(hide: list[str], network: bool = False) -> None:
 
     # Mounts made from here on stay inside this process's namespace.
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE, None)
+
+    for path in readonly:
+        # A bind mount of a folder onto itself can then be remounted read-only.
+        _mount(path, path, None, _MS_BIND | _MS_REC, None)
+        _mount("none", path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)
 
     empty = None
     for path in hide:

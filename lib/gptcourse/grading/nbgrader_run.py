@@ -131,7 +131,8 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in its own process
     home = root / "home"
     home.mkdir(exist_ok=True)
     if spec.get("namespaces"):
-        isolation.enter_namespaces(spec["hide"], network=True)
+        isolation.enter_namespaces(spec["hide"], network=True,
+                                   readonly=spec.get("readonly", []))
     if uid is not None:
         for folder, dirs, files in os.walk(root):
             for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:

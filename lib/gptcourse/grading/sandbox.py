@@ -101,13 +101,15 @@ class Sandbox:
     """
 
     def __init__(self, limits: isolation.Limits = isolation.Limits(), timeout: float = 60.0,
-                 hide: tuple[str, ...] = (), worker: int = 0, isolate: bool = True):
+                 hide: tuple[str, ...] = (), worker: int = 0, isolate: bool = True,
+                 readonly: tuple[str, ...] | None = None):
         self.limits = limits
         self.timeout = timeout
         caps = isolation.capabilities()
         self.namespaces = isolate and caps.namespaces
         self.uid = isolation.BASE_UID + worker if isolate and caps.other_uid else None
         self.hide = tuple(os.path.abspath(p) for p in hide)
+        self.readonly = tuple(isolation.protected_paths() if readonly is None else readonly)
         self._proc: subprocess.Popen | None = None
         self._starting: threading.Thread | None = None
 
@@ -168,7 +170,8 @@ class Sandbox:
                        os.path.join(work, "job.pt"))
             request = {"work": work, "timeout": self.timeout, "limits": asdict(self.limits),
                        "uid": self.uid, "namespaces": self.namespaces,
-                       "hide": list(self.hide) + _library_dirs()}
+                       "hide": list(self.hide) + _library_dirs(),
+                       "readonly": list(self.readonly)}
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
             self._proc.stdin.flush()
             line = self._readline(self.timeout + 60.0)
@@ -427,7 +430,7 @@ def _child(request: dict) -> int:  # pragma: no cover - runs in the forked child
 
     uid = request["uid"]
     if request["namespaces"]:
-        isolation.enter_namespaces(request["hide"])
+        isolation.enter_namespaces(request["hide"], readonly=request["readonly"])
     if uid is not None:
         os.chown(work, uid, uid)
         os.chown(os.path.join(work, "output.txt"), uid, uid)
