@@ -163,6 +163,7 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, timeout: int = DEFAUL
             cell.execution_count = None
 
     code_cells = sum(cell.cell_type == "code" for cell in nb.cells)
+    running: set[int] = set()  # cells started and not finished: the one a crash hit
     bar = tqdm(total=code_cells, desc="running cells", unit="cell", disable=not progress,
                file=sys.stderr, leave=False)
     client = NotebookClient(
@@ -178,7 +179,8 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, timeout: int = DEFAUL
             "traceback": [],
         },
         resources={"metadata": {"path": str(cwd)}},
-        on_cell_executed=lambda **_: bar.update(1),
+        on_cell_execute=lambda cell_index, **_: running.add(cell_index),
+        on_cell_executed=lambda cell_index, **_: (running.discard(cell_index), bar.update(1)),
     )
     died = None
     try:
@@ -188,6 +190,9 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, timeout: int = DEFAUL
     except DeadKernelError:
         died = ("the kernel died while running the notebook (out of memory, or code that "
                 "ends the process)")
+        for index in running:
+            nb.cells[index].setdefault("outputs", []).append(nbformat.v4.new_output(
+                "error", ename="DeadKernelError", evalue=f"{died} in this cell", traceback=[]))
     except Exception as exc:  # the run itself broke; report it instead of a traceback
         died = f"the notebook could not be run to the end: {type(exc).__name__}: {exc}"
     finally:

@@ -20,6 +20,8 @@ lists, tuples or dicts of them, so they can cross a process boundary with
 """
 
 import copy
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,9 +75,48 @@ class Verdict:
     mistake: str | None = None
 
 
+class InputModified(Exception):
+    """The candidate changed one of its inputs in place."""
+
+
+def _first_change(original: Any, used: Any, where: str) -> str | None:
+    """Where ``used`` no longer equals ``original`` (tensors compared exactly), or None."""
+    if isinstance(original, torch.Tensor):
+        if not isinstance(used, torch.Tensor) or used.shape != original.shape or not bool(
+                torch.equal(used, original) or torch.isnan(original).any()):
+            return where
+        return None
+    if isinstance(original, (tuple, list)):
+        for i, (o, u) in enumerate(zip(original, used)):
+            if (change := _first_change(o, u, f"{where}[{i}]")) is not None:
+                return change
+    if isinstance(original, dict):
+        for key in original:
+            if (change := _first_change(original[key], used.get(key), f"{key}")) is not None:
+                return change
+    return None
+
+
 def call_case(candidate: Callable[..., Any], case: Case) -> Any:
-    """Default ``Exercise.run``: call the candidate on fresh copies of the case's inputs."""
-    return candidate(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+    """Default ``Exercise.run``: call the candidate on fresh copies of the case's inputs.
+
+    An answer that changes its inputs in place (``x.sub_(m)``) can return the right
+    values and still break whatever uses those inputs next (the residual path of a
+    block, say), so it fails here, where the mistake is made.
+    """
+    args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+    result = candidate(*args, **kwargs)
+    names = [f"argument {i + 1}" for i in range(len(args))]
+    for name, original, used in zip(names, case.args, args):
+        if (change := _first_change(original, used, name)) is not None:
+            raise InputModified(
+                f"your function changed its input ({change}) in place; compute new tensors "
+                "instead (x - m, not x.sub_(m) or x -= m)")
+    change = _first_change(case.kwargs, kwargs, "")
+    if change is not None:
+        raise InputModified(f"your function changed its input {change!r} in place; compute "
+                            "new tensors instead (x - m, not x.sub_(m) or x -= m)")
+    return result
 
 
 @dataclass(frozen=True)
@@ -185,10 +226,44 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
     return None if actual == expected else f"expected {_fmt(expected)}{at}, got {_fmt(actual)}"
 
 
-def _error_text(exc: BaseException) -> str:
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (torch, sys.modules["gptcourse"])
+)
+
+
+def _learner_frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """The traceback's frames that are not inside gptcourse or torch."""
     frames = traceback.extract_tb(exc.__traceback__)
-    line = f" (line {frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{line}"
+    return [f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)]
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line saying what went wrong, at the learner's line when there is one."""
+    if isinstance(exc, InputModified):
+        return str(exc)
+    own = _learner_frames(exc)
+    if not own:
+        # Raised while handling what the candidate returned, not inside its code.
+        return (f"your output could not be checked ({type(exc).__name__}: {exc}); is its "
+                "type and shape what the exercise asks for?")
+    return f"your code raised {type(exc).__name__}: {exc} (line {own[-1].lineno})"
+
+
+def _unfinished_dependency(exc: NotImplementedError, candidate: Any) -> str | None:
+    """The name of another function still raising NotImplementedError, if that is where
+    this one came from (an earlier exercise the candidate calls)."""
+    frames = _learner_frames(exc)
+    if not frames:
+        return None
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    parts = [p for p in tb.tb_frame.f_code.co_qualname.split(".") if p != "<locals>"]
+    if getattr(candidate, "__name__", None) in parts:
+        return None
+    # A method of an unfinished class names the class, a plain function itself.
+    is_method = len(parts) > 1 and parts[-1] in ("__init__", "__call__", "forward")
+    return parts[-2] if is_method else parts[-1]
 
 
 def run_cases(exercise: Exercise, candidate: Any, cases: list[Case]) -> list[Outcome]:
@@ -197,8 +272,14 @@ def run_cases(exercise: Exercise, candidate: Any, cases: list[Case]) -> list[Out
     for case in cases:
         try:
             value = exercise.run(candidate, case)
-        except NotImplementedError:
-            outcomes.append(Outcome(not_implemented=True, error="NotImplementedError"))
+        except NotImplementedError as exc:
+            dependency = _unfinished_dependency(exc, candidate)
+            if dependency is None:
+                outcomes.append(Outcome(not_implemented=True, error="NotImplementedError"))
+            else:
+                outcomes.append(Outcome(error=(
+                    f"your code calls `{dependency}`, which is not done yet (it still "
+                    "raises NotImplementedError): finish that exercise first")))
         except Exception as exc:  # a learner's bug is a result to report, not a crash
             outcomes.append(Outcome(error=_error_text(exc)))
         else:
@@ -237,7 +318,7 @@ def evaluate(exercise: Exercise, cases: list[Case], outcomes: list[Outcome]) -> 
     first_failure, failed_at = None, 0
     for index, (case, outcome) in enumerate(zip(cases, outcomes)):
         if outcome.error is not None:
-            first_failure = f"on {case.label}, your code raised {outcome.error}"
+            first_failure = f"on {case.label}, {outcome.error}"
         else:
             expected = exercise.run(exercise.reference, case)
             difference = exercise.differ(expected, outcome.value)

@@ -117,6 +117,7 @@ class Settings:
     cell_timeout: int
     hide: list[str]
     args: argparse.Namespace
+    runners: object = None  # nbgrader_run.Runners, started ahead of the submissions
 
 
 # --------------------------------------------------------------------------- set-up
@@ -323,7 +324,7 @@ def _autograde(settings: Settings, chapter: Chapter, student: str, path: Path, s
                         else sandbox.uid + isolation.AUTOGRADE_UID_OFFSET),
                 "namespaces": sandbox.namespaces, "hide": settings.hide,
                 "readonly": isolation.protected_paths(str(settings.root))}
-        result = nbgrader_run.autograde(spec, settings.args.notebook_timeout)
+        result = nbgrader_run.autograde(spec, settings.args.notebook_timeout, settings.runners)
         produced = scratch / "autograded" / student / chapter.name / path.name
         notebook = None
         if produced.exists():
@@ -471,8 +472,6 @@ def quiet_nbgrader(verbose: bool = False) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from gptcourse.grading.sandbox import Sandbox
-
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     quiet_nbgrader(args.verbose)
@@ -494,6 +493,8 @@ def run(args: argparse.Namespace) -> int:
     work = settings.output / ".work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    # Python, torch and nbgrader start in the background while the chapters are prepared.
+    sandboxes = _start_workers(settings)
     try:
         chapters: dict[str, Chapter] = {}
         for name in sorted({c for _, c in pairs}):
@@ -511,8 +512,12 @@ def run(args: argparse.Namespace) -> int:
         if len(todo) < len(pairs):
             print(f"{len(pairs) - len(todo)} submissions already graded (use --force to "
                   "regrade them)")
-        failures = _grade_all(settings, chapters, todo, Sandbox, tqdm)
+        failures = _grade_all(settings, chapters, todo, sandboxes, tqdm)
     finally:
+        while not sandboxes.empty():
+            sandboxes.get().close()
+        if settings.runners is not None:
+            settings.runners.close()
         shutil.rmtree(work, ignore_errors=True)
 
     rows = _all_records(settings)
@@ -530,19 +535,32 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _grade_all(settings, chapters, todo, sandbox_class, tqdm) -> list:
-    """Grade ``todo`` with ``--jobs`` workers, each with its own sandbox and uid."""
+def _start_workers(settings: Settings) -> queue.Queue:
+    """One sandbox per job (each its own uid), and warm nbgrader runners."""
+    from gptcourse.grading.sandbox import Sandbox
+
     args = settings.args
     limits = isolation.Limits(memory_bytes=int(args.memory * isolation.GIB),
                               cpu_seconds=int(args.timeout) + 5)
     jobs = max(1, args.jobs)
+    readonly = tuple(isolation.protected_paths(str(settings.root)))
     sandboxes: queue.Queue = queue.Queue()
     for worker in range(jobs):
-        sandbox = sandbox_class(limits=limits, timeout=args.timeout,
-                                hide=tuple(settings.hide), worker=worker,
-                                readonly=tuple(isolation.protected_paths(str(settings.root))))
+        sandbox = Sandbox(limits=limits, timeout=args.timeout, hide=tuple(settings.hide),
+                          worker=worker, readonly=readonly)
         sandbox.start_soon()
         sandboxes.put(sandbox)
+    if not args.no_autograde:
+        from gptcourse.grading.nbgrader_run import Runners
+
+        settings.runners = Runners()
+        settings.runners.warm_up(jobs)
+    return sandboxes
+
+
+def _grade_all(settings, chapters, todo, sandboxes: queue.Queue, tqdm) -> list:
+    """Grade ``todo`` with ``--jobs`` workers, each with its own sandbox and uid."""
+    jobs = sandboxes.qsize()
     lock = threading.Lock()
     failures = []
 

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import nbformat
@@ -80,32 +81,74 @@ def make_template(chapter: str, source: Path, course_id: str, work: Path) -> Pat
     return root / SCRATCH_DB
 
 
-def autograde(spec: dict, timeout: float) -> dict:
+class Runners:
+    """Autograding processes started ahead of time.
+
+    Each has already imported nbgrader and waits for the path of its job's spec, so a
+    submission does not wait for Python and nbgrader to start; one spare is kept warm.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._warm: list[tuple[subprocess.Popen, Path]] = []
+
+    @staticmethod
+    def _spawn() -> tuple[subprocess.Popen, Path]:
+        handle, name = tempfile.mkstemp(prefix="gptcourse-autograde-", suffix=".log")
+        with os.fdopen(handle, "wb") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "gptcourse.grading.nbgrader_run",
+                                     "--wait"], stdin=subprocess.PIPE, stdout=log_file,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        return proc, Path(name)
+
+    def warm_up(self, count: int = 1) -> None:
+        with self._lock:
+            while len(self._warm) < count:
+                self._warm.append(self._spawn())
+
+    def take(self) -> tuple[subprocess.Popen, Path]:
+        with self._lock:
+            runner = self._warm.pop(0) if self._warm else self._spawn()
+            self._warm.append(self._spawn())
+        return runner
+
+    def close(self) -> None:
+        with self._lock:
+            for proc, log_path in self._warm:
+                isolation.kill_process_group(proc.pid)
+                proc.wait()
+                log_path.unlink(missing_ok=True)
+            self._warm.clear()
+
+
+def autograde(spec: dict, timeout: float, runners: Runners | None = None) -> dict:
     """Run nbgrader's autograder on one staged submission in a fenced process.
 
     ``spec``: root (scratch course folder holding ``submitted/<student>/<chapter>/``),
-    chapter, student, course_id, cell_timeout, limits, uid, namespaces, hide.
+    chapter, student, course_id, cell_timeout, limits, uid, namespaces, hide, readonly.
     Returns ``{"status": "ok" | "timed out" | "kernel died" | "failed", "detail": ...}``.
     """
     root = Path(spec["root"])
     spec_path = root / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    log_path = root / "nbgrader.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "gptcourse.grading.nbgrader_run",
-                                 str(spec_path)], stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        isolation.kill_process_group(proc.pid)
-        proc.wait()
+    proc, log_path = runners.take() if runners is not None else Runners._spawn()
+    try:
+        proc.stdin.write(str(spec_path).encode() + b"\n")
+        proc.stdin.close()
+    except OSError:  # the runner died while waiting; its log says why
+        pass
+    try:
+        proc.wait(timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    isolation.kill_process_group(proc.pid)
+    proc.wait()
     if spec.get("uid") is not None:
         isolation.kill_uid(spec["uid"])
 
     text = log_path.read_text(errors="replace")
+    log_path.unlink(missing_ok=True)
     if timed_out:
         return {"status": "timed out", "detail": f"the notebook ran longer than {timeout:g} s"}
     result_path = root / "result.json"
@@ -124,7 +167,17 @@ def autograde(spec: dict, timeout: float) -> dict:
 
 
 def _main(spec_path: str) -> int:  # pragma: no cover - runs in its own process
-    """Entry point of the fenced autograding process."""
+    """Entry point of the fenced autograding process (``--wait``: read the spec's path
+    from stdin once nbgrader is imported)."""
+    from nbgrader.apps.api import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from gptcourse.grading.command import quiet_nbgrader
+
+    if spec_path == "--wait":
+        spec_path = sys.stdin.readline().strip()
+        if not spec_path:
+            return 0
     spec = json.loads(Path(spec_path).read_text())
     root = Path(spec["root"])
     uid = spec.get("uid")
@@ -147,11 +200,6 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in its own process
         isolation.drop_privileges(uid)
     elif spec.get("namespaces"):
         isolation.drop_capabilities()
-
-    from nbgrader.apps.api import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-
-    from gptcourse.grading.command import quiet_nbgrader
 
     quiet_nbgrader()
     config = _config(root, spec["course_id"], root / SCRATCH_DB)
