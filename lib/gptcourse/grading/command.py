@@ -184,6 +184,8 @@ def _prepare_chapter(settings: Settings, name: str, work: Path) -> Chapter:
             known = True
         except MissingEntry:
             known = False
+    # TODO(changed chapters): a chapter already in the gradebook keeps the cells it had
+    # then; a check cell added to the source later gets no score there (the CSV has it).
     if not known:
         _register_assignment(settings, name, source, work)
     return Chapter(name, source.stem, exercises, checks, template)

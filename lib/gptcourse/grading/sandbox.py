@@ -8,11 +8,12 @@ from a clean interpreter at the cost of a fork. The child
 1. starts its own process group and session, so the whole group can be killed;
 2. reads the job, loads the exercise (trusted code, before any learner code);
 3. enters a private mount namespace in which the solutions, the gradebook, the submissions
-   and the course library's source are covered by empty file systems, and an empty network
-   namespace (Linux, as root);
+   and the course library's source are covered by empty file systems and the course and
+   Python folders are read-only, and an empty network namespace (Linux, as root);
 4. limits its memory, CPU time, file size and processes, moves into a temporary working
    directory and an environment without the instructor's variables, and drops to an
-   unprivileged uid (as root);
+   unprivileged uid (as root; when Python itself is not readable by other users, it stays
+   root but gives up every capability, so the covers cannot be unmounted);
 5. replaces the course's own implementation of this exercise (``Exercise.forbidden``) by a
    function that raises, everywhere it is referenced;
 6. runs the standard preamble and every answer cell, each in its own try/except, looks up
@@ -331,6 +332,8 @@ def _fork_and_wait(request: dict) -> dict:
         _, status = os.waitpid(pid, 0)
     if request.get("uid") is not None:
         isolation.kill_uid(request["uid"])
+    # TODO(no pid namespace yet): without a separate uid, a process the learner started in
+    # a session of its own survives the process-group kill (its CPU time stays limited).
     return {"timed_out": timed_out,
             "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
