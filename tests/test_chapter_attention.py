@@ -69,11 +69,16 @@ def test_self_attention_matches_torch_sdpa_of_projections():
 
 def test_causal_mask_matches_a_lower_triangle():
     reference = get_exercise("causal_mask").reference
+    seen_devices = set()
     for case in _all_cases("causal_mask"):
         (T,), dtype = case.args, case.kwargs.get("dtype", torch.float32)
         keep = torch.ones(T, T, dtype=torch.bool).tril()
         expected = torch.zeros(T, T, dtype=dtype).masked_fill(~keep, NEG_INF)
         assert torch.equal(reference(T, dtype=dtype), expected)
+        device = case.kwargs.get("device")
+        if device is not None:
+            seen_devices.add(reference(T, dtype=dtype, device=device).device.type)
+    assert seen_devices == {"meta"}, "no case asks for a device"
 
 
 def test_masked_attention_matches_torch_sdpa_and_zeroes_blocked_rows():
@@ -179,6 +184,57 @@ def test_other_correct_answers_pass(capsys):
         check(exercise_id, answer)
         check(exercise_id, answer, hidden=True)
     assert capsys.readouterr().out.count("\u2713") == 2 * len(answers)
+
+
+def test_every_argument_of_the_mask_is_checked_by_the_visible_cases():
+    @_learner
+    def causal_mask(T, dtype=torch.float32, device=None):
+        return torch.triu(torch.full((T, T), NEG_INF), diagonal=1)
+
+    with pytest.raises(CheckFailed, match="ignores the dtype argument"):
+        check("causal_mask", causal_mask)
+    with pytest.raises(CheckFailed, match="ignores the device argument"):
+        check("causal_mask", lambda T, dtype=torch.float32, device=None: causal_mask(T).to(dtype))
+
+
+def test_a_mask_built_with_data_dependent_operations_passes_on_the_meta_device(capsys):
+    @_learner
+    def causal_mask(T, dtype=torch.float32, device=None):
+        # nonzero needs data, which the meta device does not have.
+        mask = torch.zeros(T, T, dtype=dtype, device=device)
+        rows, columns = torch.ones(T, T, device=device).triu(1).nonzero(as_tuple=True)
+        mask[rows, columns] = NEG_INF
+        return mask
+
+    check("causal_mask", causal_mask)
+    check("causal_mask", causal_mask, hidden=True)
+    assert capsys.readouterr().out.count("\u2713") == 2
+
+
+def test_a_mistake_is_named_whether_or_not_the_mask_honours_device():
+    @_learner
+    def causal_mask(T, dtype=torch.float32, device=None):
+        return torch.tril(torch.ones(T, T, dtype=dtype, device=device))
+
+    for candidate in (causal_mask, lambda T, dtype=torch.float32, device=None:
+                      causal_mask(T, dtype)):
+        with pytest.raises(CheckFailed, match="multiplicative 0/1 mask"):
+            check("causal_mask", candidate)
+
+
+def test_a_leak_test_whose_changes_pile_up_is_told_so():
+    @_learner
+    def leaks(attend, x):
+        original = attend(x)
+        for t in range(1, x.size(1)):
+            x[:, t:] = torch.randn_like(x[:, t:])  # no copy: earlier changes stay
+            if not torch.allclose(original[:, :t], attend(x)[:, :t]):
+                return True
+        return False
+
+    for hidden in (False, True):
+        with pytest.raises(CheckFailed, match="changes pile up"):
+            check("leaks", leaks, hidden=hidden)
 
 
 def test_a_softmax_that_only_guards_the_maximum_but_divides_by_zero_fails():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptcourse.checks import all_exercises, evaluate, run_cases
+from gptcourse.checks import CheckFailed, all_exercises, check, evaluate, run_cases
 from gptcourse.checks import positional_encoding as pos_checks
 from gptcourse.checks import tokens_and_embeddings as emb_checks
 from gptcourse.embeddings import sinusoidal_encoding
@@ -100,6 +100,72 @@ def test_float32_sinusoids_pass_within_tolerance(hidden):
     cases = exercise.cases(hidden)
     verdict = evaluate(exercise, cases, run_cases(exercise, _float32_sinusoids, cases))
     assert verdict.passed, verdict.message
+
+
+def _learner(function):
+    """``function`` as if defined in a notebook, so that the check accepts it."""
+    function.__module__ = "__main__"
+    return function
+
+
+def _float32_multiplied(context_length, d_model, base=10000.0):
+    """A learner's float32 answer that multiplies by base**(2i/d_model) instead of dividing."""
+    position = torch.arange(context_length, dtype=torch.float32)[:, None]
+    angle = position * base ** (torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    pe = torch.zeros(context_length, d_model)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return pe
+
+
+def _float32_multiplied_exp(context_length, d_model, base=10000.0):
+    """The same mistake in the exp/log form."""
+    position = torch.arange(context_length, dtype=torch.float32)[:, None]
+    angle = position * torch.exp(torch.arange(0, d_model, 2).float() * math.log(base) / d_model)
+    pe = torch.zeros(context_length, d_model)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return pe
+
+
+@pytest.mark.parametrize("answer", [_float32_multiplied, _float32_multiplied_exp])
+def test_a_float32_answer_with_a_known_mistake_is_named(answer):
+    # The variant is computed in float64; at large angles rounding alone separates the two.
+    for hidden in (False, True):
+        with pytest.raises(CheckFailed, match="instead of dividing"):
+            check("sinusoidal_encoding", _learner(answer), hidden=hidden)
+
+
+def test_visible_cases_try_every_argument_the_exercises_name():
+    def ignores_base(context_length, d_model, base=10000.0):
+        return sinusoidal_encoding(context_length, d_model)
+
+    def without_num_classes(idx, weight):
+        return F.one_hot(idx).to(weight.dtype) @ weight
+
+    def float32_one_hot(idx, weight):
+        return F.one_hot(idx, num_classes=weight.shape[0]).float() @ weight
+
+    def exclude_as_index(query, table, k, exclude=()):
+        scores = emb_checks.cosine_similarity(query, table).clone()
+        scores[exclude] = float("-inf")  # a tuple of several ids indexes several dimensions
+        return scores.topk(k).indices
+
+    wrong = [("sinusoidal_encoding", ignores_base, "ignores the base argument"),
+             ("one_hot_embed", without_num_classes, "never use the last id"),
+             ("one_hot_embed", float32_one_hot, "float64 weights"),
+             ("nearest_neighbours", exclude_as_index, "exclude=")]
+    for exercise_id, answer, message in wrong:
+        with pytest.raises(CheckFailed, match=message):
+            check(exercise_id, _learner(answer))
+
+
+def test_indices_of_another_integer_dtype_are_refused_with_the_reason():
+    def nearest_int32(query, table, k, exclude=()):
+        return emb_checks.nearest_neighbours(query, table, k, exclude).int()
+
+    with pytest.raises(CheckFailed, match="expected torch.int64 row indices, got torch.int32"):
+        check("nearest_neighbours", _learner(nearest_int32))
 
 
 @pytest.mark.parametrize("exercise_id", sorted(EXERCISES))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptcourse import attention, block, model
+from gptcourse import attention, block, feedforward, model
 from gptcourse.checks import CheckFailed, check, get_exercise
 from gptcourse.checks import gpt_model as gpt_checks
 from gptcourse.checks import multi_head_attention as mha_checks
@@ -72,7 +72,8 @@ def test_course_attention_equals_torch_multihead_attention():
 def test_a_head_blind_to_part_of_the_input_is_named():
     sliced = mha_checks.MHA_MISTAKES[0]
     assert sliced.name == "slice input"
-    case = get_exercise("MultiHeadAttention").cases()[1]
+    case = get_exercise("MultiHeadAttention").cases()[-1]
+    assert case.kwargs["d_model"] == 512
     depends = mha_checks._run_attention(sliced.variant, case)["depends"]
     assert not depends.all() and depends.any()
 
@@ -82,8 +83,9 @@ def test_a_head_blind_to_part_of_the_input_is_named():
         def __init__(self, d_model, n_heads, bias=True):
             super().__init__()
             d_head = d_model // n_heads
-            self.query, self.key, self.value = (nn.Linear(d_head, d_head) for _ in range(3))
-            self.out = nn.Linear(d_model, d_model)
+            self.query, self.key, self.value = (nn.Linear(d_head, d_head, bias=bias)
+                                                for _ in range(3))
+            self.out = nn.Linear(d_model, d_model, bias=bias)
 
     with pytest.raises(CheckFailed, match="slicing the input"):
         check("MultiHeadAttention", SlicedHeads)
@@ -136,7 +138,7 @@ def test_decoder_block_reference_is_pre_norm_with_torch_parts():
         attn_state = {name[len("attn."):]: t for name, t in s.items()
                       if name.startswith("attn.")}
         h = F.layer_norm(x, (d,), s["ln_attn.weight"], s["ln_attn.bias"], 1e-5)
-        x1 = x + _loop_attention(h, attn_state, kw["n_heads"], causal=True)
+        x1 = x + _loop_attention(h, attn_state, kw["n_heads"], causal=kw["causal"])
         h = F.layer_norm(x1, (d,), s["ln_ff.weight"], s["ln_ff.bias"], 1e-5)
         ff = F.linear(F.gelu(F.linear(h, s["ff.expand.weight"], s["ff.expand.bias"])),
                       s["ff.contract.weight"], s["ff.contract.bias"])
@@ -191,3 +193,115 @@ def test_an_off_by_a_few_count_fails_although_within_float_tolerance():
 
     with pytest.raises(CheckFailed, match="off by \\+3"):
         check("gpt_parameter_count", almost, hidden=True)
+
+
+def _learner(cls):
+    """``cls`` as if defined in a notebook, not inside gptcourse."""
+    return type(cls.__name__, (cls,), {"__module__": "__main__"})
+
+
+@pytest.mark.parametrize("exercise_id", ["MultiHeadAttention", "MultiHeadAttentionLoop"])
+@pytest.mark.parametrize("persistent", [True, False])
+def test_a_causal_mask_kept_as_a_buffer_is_accepted(exercise_id, persistent):
+    class WithMaskBuffer(attention.MultiHeadAttention):
+        """The course's layer plus a saved (T, T) mask, as nanoGPT keeps one."""
+
+        def __init__(self, d_model, n_heads, bias=True):
+            super().__init__(d_model, n_heads, bias=bias)
+            self.register_buffer("tril", torch.tril(torch.ones(16, 16)), persistent=persistent)
+
+    for hidden in (False, True):
+        check(exercise_id, _learner(WithMaskBuffer), hidden=hidden)
+
+
+def test_weights_averaged_over_heads_are_named_by_their_shape():
+    class Averaged(attention.MultiHeadAttention):
+        def forward(self, x, causal=True, return_weights=False):
+            out, weights = super().forward(x, causal=causal, return_weights=True)
+            return (out, weights.mean(dim=1)) if return_weights else out
+
+    with pytest.raises(CheckFailed, match=r"weights: expected shape \(B, n_heads, T, T\)"):
+        check("MultiHeadAttention", _learner(Averaged))
+
+
+@pytest.mark.parametrize("exercise_id, wrong", [
+    # An argument the exercise names but the answer ignores must fail the VISIBLE check.
+    ("MultiHeadAttention", lambda cls: type("AlwaysBias", (cls,), {
+        "__init__": lambda self, d_model, n_heads, bias=True: cls.__init__(self, d_model,
+                                                                            n_heads)})),
+    ("FeedForward", lambda cls: type("FixedWidth", (cls,), {
+        "__init__": lambda self, d_model, d_ff=None: cls.__init__(self, d_model)})),
+    ("FeedForward", lambda cls: type("WrongDefault", (cls,), {
+        "__init__": lambda self, d_model, d_ff=None: cls.__init__(self, d_model,
+                                                                   d_ff or 2 * d_model)})),
+])
+def test_an_ignored_argument_fails_the_visible_check(exercise_id, wrong):
+    reference = {"MultiHeadAttention": attention.MultiHeadAttention,
+                 "FeedForward": feedforward.FeedForward}[exercise_id]
+    with pytest.raises(CheckFailed):
+        check(exercise_id, _learner(wrong(reference)))
+
+
+def test_a_layer_norm_that_overwrites_its_input_fails():
+    class InPlace(block.LayerNorm):
+        def forward(self, x):
+            mean = x.mean(dim=-1, keepdim=True)
+            var = x.var(dim=-1, keepdim=True, unbiased=False)
+            x.sub_(mean).div_(torch.sqrt(var + self.eps))
+            return x * self.weight + self.bias
+
+    with pytest.raises(CheckFailed, match="in place"):
+        check("LayerNorm", _learner(InPlace))
+
+
+def test_a_plain_tensor_instead_of_a_parameter_is_named():
+    class NotLearned(block.LayerNorm):
+        def __init__(self, d_model, eps=1e-5):
+            super().__init__(d_model, eps)
+            del self.weight
+            self.weight = torch.ones(d_model)
+
+    with pytest.raises(CheckFailed, match=r"wrap it in nn.Parameter"):
+        check("LayerNorm", _learner(NotLearned))
+
+
+def test_a_bias_on_the_head_is_named():
+    class BiasedHead(model.GPT):
+        def __init__(self, config):
+            super().__init__(config)
+            self.lm_head.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    with pytest.raises(CheckFailed, match="The head has no bias"):
+        check("GPT", _learner(BiasedHead))
+
+
+def test_a_parameter_count_that_builds_a_model_is_refused():
+    def built(vocab_size, context_length, d_model, n_layers, d_ff=None, bias=True,
+              tie_weights=False, positions="learned"):
+        config = model.GPTConfig(vocab_size=vocab_size, context_length=context_length,
+                                 d_model=d_model, n_heads=1, n_layers=n_layers, d_ff=d_ff,
+                                 bias=bias, tie_weights=tie_weights, positions=positions)
+        return model.count_parameters(model.GPT(config))
+
+    with pytest.raises(CheckFailed, match="must not build a model"):
+        check("gpt_parameter_count", built)
+    nn.Linear(2, 2)                                    # building works again afterwards
+
+
+def test_counts_must_be_ints_and_the_dict_exactly_the_asked_keys():
+    def as_float(*args, **kwargs):
+        return float(model.gpt_parameter_count(*args, **kwargs))
+
+    with pytest.raises(CheckFailed, match="expected an int"):
+        check("gpt_parameter_count", as_float)
+
+    def extra_key():
+        return {**gpt_checks.gpt3_arithmetic(), "layers": 96}
+
+    def float_d_head():
+        return {**gpt_checks.gpt3_arithmetic(), "d_head": 128.0}
+
+    with pytest.raises(CheckFailed, match="not asked for 'layers'"):
+        check("gpt3_arithmetic", extra_key)
+    with pytest.raises(CheckFailed, match="d_head: expected an int"):
+        check("gpt3_arithmetic", float_d_head)

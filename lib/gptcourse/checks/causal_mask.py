@@ -7,9 +7,12 @@ tokens after it.
 
 The leak test is graded by handing it attention layers whose answer is known: some that
 look ahead (no mask, a transposed mask, the mask applied after the softmax, a peek at the
-next token) and some that do not (a correct causal attention, a blocked diagonal, a
-position-wise layer). The layers are built inside :func:`_run_leaks` from their names, so
-that cases hold only plain data.
+next token) and some that do not (a correct causal attention, a blocked diagonal, a layer
+that sees only the previous token, a position-wise layer). The layers are built inside
+:func:`_run_leaks` from their names, so that cases hold only plain data.
+
+The mask's cases ask for a dtype and for the "meta" device, so that ignoring either
+argument shows without a GPU.
 """
 
 import math
@@ -32,11 +35,19 @@ def _randn(g: torch.Generator, *shape: int, dtype=torch.float32, scale: float = 
 
 # -- exercise 1: the mask ------------------------------------------------------------------
 
+# The "meta" device holds shapes and dtypes but no data. It exists on every computer, so a
+# case that asks for it shows whether ``device`` is passed on without needing a GPU.
+_META = "meta"
+
+
 def _mask_visible():
     return [
         Case("T=4", (4,)),
         Case("T=7 (one row per word of 'apples are a type of delicious fruit')", (7,)),
         Case("T=1, a single token", (1,)),
+        Case("T=3, dtype=torch.float64", (3,), {"dtype": torch.float64}),
+        Case("T=3, device='meta' (a device with shapes but no data: is device passed on?)",
+             (3,), {"device": _META}),
     ]
 
 
@@ -46,20 +57,52 @@ def _mask_hidden():
         Case("T=13", (13,)),
         Case("T=6, dtype=torch.float64", (6,), {"dtype": torch.float64}),
         Case("T=5, dtype=torch.bfloat16", (5,), {"dtype": torch.bfloat16}),
+        Case("T=4, dtype=torch.bfloat16, device='meta'", (4,),
+             {"dtype": torch.bfloat16, "device": _META}),
     ]
 
 
+def _run_mask(candidate, case: Case) -> torch.Tensor:
+    """Call the candidate on the case.
+
+    Some operations need the data that a meta tensor does not have (``nonzero``, ``.item()``,
+    copying to the CPU). Code that fails inside such an operation did pass ``device`` on, so
+    on a meta case it stands for a mask of the requested dtype on the meta device.
+    """
+    try:
+        return candidate(*case.args, **case.kwargs)
+    except (NotImplementedError, RuntimeError) as error:
+        # "meta and cpu" device mismatches are RuntimeErrors too, and real mistakes.
+        about_meta = "meta" if isinstance(error, NotImplementedError) else "meta tensor"
+        if case.kwargs.get("device") != _META or about_meta not in str(error).lower():
+            raise
+        T, dtype = case.args[0], case.kwargs.get("dtype", torch.float32)
+        return torch.empty(T, T, dtype=dtype, device=_META)
+
+
 def _compare_masks(expected, actual):
-    """A mask must have the expected dtype exactly, boolean or float."""
-    if (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)
-            and expected.dtype != actual.dtype):
-        return f"dtype: expected {expected.dtype}, got {actual.dtype}"
+    """A mask must have the expected dtype exactly, boolean or float, and the device asked for.
+
+    On the meta device there are no values to compare: the shape, dtype and device are all
+    that such a case is about. The wrong variants below ignore ``device``, so a variant's CPU
+    mask stands for a learner's meta one as long as shape and dtype agree.
+    """
+    if isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor):
+        if expected.dtype != actual.dtype:
+            return f"dtype: expected {expected.dtype}, got {actual.dtype}"
+        if _META in (expected.device.type, actual.device.type):
+            if expected.device.type == _META and actual.device.type != _META:
+                return (f"device: expected {_META}, got {actual.device.type} (create the "
+                        "mask on the requested device: device=device)")
+            return compare_outputs(torch.zeros(expected.shape), torch.zeros(actual.shape))
     return compare_outputs(expected, actual)
 
 
 def _full(T, dtype, value):
     return torch.full((T, T), value, dtype=dtype)
 
+
+# The wrong variants ignore ``device``: see _compare_masks.
 
 def _mask_zeros(T, dtype=torch.float32, device=None):
     return torch.zeros(T, T, dtype=dtype)
@@ -93,6 +136,14 @@ def _mask_finfo_min(T, dtype=torch.float32, device=None):
     return torch.triu(_full(T, dtype, torch.finfo(dtype).min), diagonal=1)
 
 
+def _mask_dtype_ignored(T, dtype=torch.float32, device=None):
+    return ref.causal_mask(T)
+
+
+def _mask_device_ignored(T, dtype=torch.float32, device=None):
+    return ref.causal_mask(T, dtype)
+
+
 _ZEROS = ("Your mask is all zeros, so it blocks nothing. Fill the entries above the diagonal "
           "with float('-inf'), e.g. torch.triu(torch.full((T, T), float('-inf')), diagonal=1).")
 _DIAGONAL = ("Your mask also blocks the diagonal, so a token may not look at itself (and "
@@ -110,6 +161,12 @@ _KEEP_ONES = ("Your mask is a multiplicative 0/1 mask (1 = keep, 0 = block). Thi
 _BOOLEAN = ("Your mask is a boolean tensor. This course's mask is an additive float mask "
             "of the requested dtype: 0.0 where a token may look, float('-inf') above the "
             "diagonal.")
+_DTYPE_IGNORED = ("Your mask ignores the dtype argument and is always float32. Create it with "
+                  "dtype=dtype, e.g. torch.full((T, T), float('-inf'), dtype=dtype, "
+                  "device=device).")
+_DEVICE_IGNORED = ("Your mask ignores the device argument: asked for device='meta', it comes "
+                   "back on the CPU. Create it with device=device (as torch.full and "
+                   "torch.zeros accept), so that a GPU model gets its mask on the GPU.")
 _LARGE_FINITE = ("Your mask uses a large finite number instead of -inf. After the softmax "
                  "that also gives weights of about 0, but a row whose every entry is "
                  "blocked would get equal weights instead of zeros, and the number "
@@ -122,6 +179,7 @@ register(Exercise(
     reference=ref.causal_mask,
     visible=_mask_visible,
     hidden=_mask_hidden,
+    run=_run_mask,
     compare=_compare_masks,
     mistakes=(
         Mistake("all zeros", _ZEROS, _mask_zeros),
@@ -132,6 +190,8 @@ register(Exercise(
         Mistake("boolean", _BOOLEAN, _mask_boolean),
         Mistake("-1e9", _LARGE_FINITE, _mask_minus_1e9),
         Mistake("finfo.min", _LARGE_FINITE, _mask_finfo_min),
+        Mistake("dtype ignored", _DTYPE_IGNORED, _mask_dtype_ignored),
+        Mistake("device ignored", _DEVICE_IGNORED, _mask_device_ignored),
     ),
     forbidden=("gptcourse.attention.causal_mask",),
 ))
@@ -326,6 +386,7 @@ class _Layer:
             "diagonal blocked": torch.triu(blocked, diagonal=0),
             "transposed": torch.tril(blocked, diagonal=-1),
             "peeks one ahead": torch.triu(blocked, diagonal=2),
+            "previous token": torch.triu(blocked, diagonal=0) + torch.tril(blocked, diagonal=-2),
         }[self.kind]
         out = ref.scaled_dot_product_attention(q, k, v, mask)[0]
         if self.kind == "first sees second":
@@ -342,6 +403,7 @@ _LAYER_LABELS = {
     "transposed": "attention with a transposed mask",
     "peeks one ahead": "attention that lets each token see the next one",
     "first sees second": "causal attention, except that token 0 also sees token 1",
+    "previous token": "attention in which each token sees only the token before it",
     "position-wise": "a position-wise layer (each token on its own)",
     "running mean": "a running mean over the tokens so far",
 }
@@ -393,6 +455,16 @@ def _leaks_looking_forward(attend, x):
     return False
 
 
+def _leaks_changes_pile_up(attend, x):
+    """Changes x itself, without a copy: the changes of earlier steps stay."""
+    before = attend(x)
+    for t in range(1, x.size(1)):
+        x[:, t:] = x[:, t:] + 1.0
+        if not torch.allclose(before[:, :t], attend(x)[:, :t]):
+            return True
+    return False
+
+
 def _leaks_last_token_only(attend, x):
     """Changes only the last token."""
     changed = x.clone()
@@ -405,6 +477,10 @@ _INCLUDES_CHANGED = ("Your test also compares the position you changed. That out
                      "position must stay the same.")
 _LOOKS_FORWARD = ("Your test compares the positions AFTER the token you changed; those are "
                   "allowed to see it. A leak is a change in an EARLIER position.")
+_PILE_UP = ("Your test changes x itself instead of a copy, so the changes pile up: when it "
+            "compares the outputs before t, the tokens before t were already changed in "
+            "earlier steps, and a layer that only looks back seems to leak. Start each step "
+            "from a fresh copy: changed = x.clone().")
 _LAST_ONLY = ("Your test only changes the last token, so it misses a leak from a token in "
               "the middle (here token 1 into token 0). Change each position t in turn (or "
               "every token from t on) and compare the outputs before t.")
@@ -420,6 +496,7 @@ register(Exercise(
         Mistake("compares the changed position", _INCLUDES_CHANGED, _leaks_including_changed),
         Mistake("compares later positions", _LOOKS_FORWARD, _leaks_looking_forward),
         Mistake("changes only the last token", _LAST_ONLY, _leaks_last_token_only),
+        Mistake("changes pile up", _PILE_UP, _leaks_changes_pile_up),
     ),
     forbidden=("gptcourse.checks.causal_mask.leaks",),
 ))

@@ -15,7 +15,7 @@ from torch import nn
 from gptcourse import block as ref_block
 from gptcourse import feedforward as ref_ff
 from gptcourse.checks import Case, Exercise, Mistake, register
-from gptcourse.checks.multi_head_attention import load_weights, random_state
+from gptcourse.checks.multi_head_attention import load_weights, random_state, run_module
 
 CHAPTER = "06-feed-forward"
 
@@ -50,12 +50,12 @@ def _run_feed_forward(candidate, case):
         ("contract.weight", "contract is nn.Linear(d_ff, d_model); d_ff defaults to "
                             "4 * d_model."),
     ))
-    with torch.no_grad():
-        return module(kw["x"].clone())
+    return run_module(module, kw["x"])
 
 
 def _ff_case(label, g, shape, d_model, d_ff, dtype=torch.float32):
-    template = ref_ff.FeedForward(d_model, d_ff)
+    with torch.device("meta"):                # only the names and shapes
+        template = ref_ff.FeedForward(d_model, d_ff)
     return Case(label, (), {"d_model": d_model, "d_ff": d_ff,
                             "state": random_state(template, g, dtype),
                             "x": torch.randn(*shape, d_model, generator=g, dtype=dtype)})
@@ -64,15 +64,16 @@ def _ff_case(label, g, shape, d_model, d_ff, dtype=torch.float32):
 def _ff_visible():
     g = torch.Generator().manual_seed(6101)
     return [
-        _ff_case("512 -> 2048 -> 512, B=1, T=4", g, (1, 4), 512, 2048),
-        _ff_case("16 -> 64 -> 16, B=2, T=5", g, (2, 5), 16, 64),
+        _ff_case("d_ff not given: 512 -> 4 * 512 = 2048 -> 512, B=1, T=2", g, (1, 2), 512,
+                 None),
+        _ff_case("d_ff=24: 16 -> 24 -> 16, B=2, T=3", g, (2, 3), 16, 24),
     ]
 
 
 def _ff_hidden():
     g = torch.Generator().manual_seed(6102)
     return [
-        _ff_case("float64, 12 -> 20 -> 12, B=3, T=4", g, (3, 4), 12, 20, torch.float64),
+        _ff_case("float64, 12 -> 20 -> 12, B=2, T=3", g, (2, 3), 12, 20, torch.float64),
         _ff_case("d_ff not given (4 * d_model), B=2, T=3, d_model=8", g, (2, 3), 8, None),
         _ff_case("a 2-D input (T, d_model) = (6, 10), d_ff=24", g, (6,), 10, 24),
     ]
@@ -120,7 +121,7 @@ class TorchLayerNorm(nn.LayerNorm):
 
 class _LayerNormVariant(ref_block.LayerNorm):
     def __init__(self, d_model, eps=1e-5, *, mistake):
-        super().__init__(d_model, eps)
+        super().__init__(d_model, 1e-5 if mistake == "eps ignored" else eps)
         self.mistake = mistake
 
     def forward(self, x):
@@ -153,8 +154,7 @@ def _run_layer_norm(candidate, case):
         ("weight", "weight and bias are nn.Parameter vectors of length d_model."),
         ("bias", "weight and bias are nn.Parameter vectors of length d_model."),
     ))
-    with torch.no_grad():
-        return module(kw["x"].clone())
+    return run_module(module, kw["x"])
 
 
 def _ln_case(label, g, shape, d_model, eps=None, dtype=torch.float32, small_rows=True):
@@ -164,7 +164,8 @@ def _ln_case(label, g, shape, d_model, eps=None, dtype=torch.float32, small_rows
     if small_rows:
         scale = torch.where(torch.rand(*shape, 1, generator=g, dtype=dtype) < 0.5, 0.003, 1.0)
         x = x * scale.to(dtype)
-    template = ref_block.LayerNorm(d_model)
+    with torch.device("meta"):                # only the names and shapes
+        template = ref_block.LayerNorm(d_model)
     return Case(label, (), {"d_model": d_model, "eps": eps,
                             "state": random_state(template, g, dtype), "x": x})
 
@@ -173,7 +174,7 @@ def _ln_visible():
     g = torch.Generator().manual_seed(6201)
     return [
         _ln_case("B=2, T=5, d_model=8, some rows with a tiny spread", g, (2, 5), 8),
-        _ln_case("B=1, T=4, d_model=512", g, (1, 4), 512),
+        _ln_case("eps=0.01, B=2, T=3, d_model=512", g, (2, 3), 512, eps=0.01),
     ]
 
 
@@ -181,7 +182,7 @@ def _ln_hidden():
     g = torch.Generator().manual_seed(6202)
     return [
         _ln_case("float64, B=3, T=4, d_model=6", g, (3, 4), 6, dtype=torch.float64),
-        _ln_case("eps=0.01, B=2, T=3, d_model=10", g, (2, 3), 10, eps=0.01),
+        _ln_case("eps=0.1, B=2, T=3, d_model=10", g, (2, 3), 10, eps=0.1),
         _ln_case("a 2-D input (T, d_model) = (5, 7)", g, (5,), 7),
     ]
 
@@ -204,6 +205,10 @@ register(Exercise(
                 "You add eps after the square root, (x - mean) / (std + eps); LayerNorm adds "
                 "it inside: (x - mean) / sqrt(var + eps).",
                 _ln_variant("eps outside the sqrt")),
+        Mistake("eps ignored",
+                "Your LayerNorm ignores its eps argument and always uses 1e-5: keep it "
+                "(self.eps = eps in __init__) and use self.eps in forward.",
+                _ln_variant("eps ignored")),
         Mistake("normalised over the batch",
                 "You normalise over the batch dimension (dim=0), as BatchNorm does; LayerNorm "
                 "normalises each position's vector over its own features: dim=-1, "
@@ -235,6 +240,17 @@ class _BlockVariant(ref_block.DecoderBlock):
 
     def forward(self, x, kv_cache=None, causal=True):
         m = self.mistake
+        if m == "sub-layers in parallel":
+            return x + self.attn(self.ln_attn(x), causal=causal) + self.ff(self.ln_ff(x))
+        if m == "one LayerNorm for both":
+            x = x + self.attn(self.ln_attn(x), causal=causal)
+            return x + self.ff(self.ln_attn(x))
+        if m == "feed-forward first":
+            x = x + self.ff(self.ln_ff(x))
+            return x + self.attn(self.ln_attn(x), causal=causal)
+        if m == "causal not passed on":
+            x = x + self.attn(self.ln_attn(x))
+            return x + self.ff(self.ln_ff(x))
         if m == "post-norm":
             x = self.ln_attn(x + self.attn(x, causal=causal))
             return self.ln_ff(x + self.ff(x))
@@ -272,36 +288,44 @@ def block_config(d_model: int, n_heads: int, d_ff: int | None):
 
 
 def _run_block(candidate, case):
+    """Build the block from the case's config and weights; run it on x.
+
+    ``causal`` is passed only when False, so a causal case also checks the default.
+    """
     kw = case.kwargs
     config = block_config(kw["d_model"], kw["n_heads"], kw["d_ff"])
     module = load_weights(candidate(config), kw["state"], (
         ("ff.expand.weight", "ff is your FeedForward(config.d_model, config.d_ff)."),
     ))
-    with torch.no_grad():
-        return module(kw["x"].clone())
+    return run_module(module, kw["x"], where=" (look in your LayerNorm and FeedForward too)",
+                      **({} if kw["causal"] else {"causal": False}))
 
 
-def _block_case(label, g, B, T, d_model, n_heads, d_ff=None, dtype=torch.float32):
-    template = ref_block.DecoderBlock(block_config(d_model, n_heads, d_ff))
+def _block_case(label, g, B, T, d_model, n_heads, d_ff=None, dtype=torch.float32,
+                causal=True):
+    with torch.device("meta"):                # only the names and shapes
+        template = ref_block.DecoderBlock(block_config(d_model, n_heads, d_ff))
     return Case(label, (), {"d_model": d_model, "n_heads": n_heads, "d_ff": d_ff,
-                            "state": random_state(template, g, dtype),
+                            "causal": causal, "state": random_state(template, g, dtype),
                             "x": torch.randn(B, T, d_model, generator=g, dtype=dtype) * 2.0})
 
 
 def _block_visible():
     g = torch.Generator().manual_seed(6301)
     return [
-        _block_case("d_model=32, 4 heads, d_ff=64, B=2, T=5", g, 2, 5, 32, 4, 64),
-        _block_case("d_model=16, 2 heads, d_ff not given, B=1, T=6", g, 1, 6, 16, 2),
+        _block_case("d_model=16, 4 heads, d_ff=24, B=2, T=4, causal", g, 2, 4, 16, 4, 24),
+        _block_case("causal=False, d_model=8, 2 heads, d_ff not given, B=1, T=4", g, 1, 4, 8,
+                    2, causal=False),
     ]
 
 
 def _block_hidden():
     g = torch.Generator().manual_seed(6302)
     return [
-        _block_case("float64, d_model=24, 3 heads, d_ff=40, B=2, T=7", g, 2, 7, 24, 3, 40,
-                    torch.float64),
-        _block_case("d_model=8, 2 heads, d_ff=16, B=3, T=4", g, 3, 4, 8, 2, 16),
+        _block_case("float64, d_model=12, 3 heads, d_ff=20, B=2, T=5, causal", g, 2, 5, 12, 3,
+                    20, torch.float64),
+        _block_case("causal=False, d_model=8, 2 heads, d_ff=16, B=2, T=3", g, 2, 3, 8, 2, 16,
+                    causal=False),
     ]
 
 
@@ -343,6 +367,24 @@ register(Exercise(
                 "Your block's attention sees future tokens: call self.attn(..., causal=True) "
                 "(the default of the course's MultiHeadAttention).",
                 _block_variant("not causal")),
+        Mistake("causal not passed on",
+                "Your block ignores causal=False: its attention stays masked. Pass the "
+                "argument on: self.attn(self.ln_attn(x), causal=causal).",
+                _block_variant("causal not passed on")),
+        Mistake("sub-layers in parallel",
+                "Your block feeds the same x to attention and to the feed-forward network "
+                "and adds both. They run one after the other: the feed-forward sub-layer "
+                "reads x AFTER the attention residual, x = x + attn(ln_attn(x)), then "
+                "x = x + ff(ln_ff(x)).",
+                _block_variant("sub-layers in parallel")),
+        Mistake("one LayerNorm for both",
+                "Both sub-layers use ln_attn. Each has its own LayerNorm with its own scale "
+                "and shift: attn(ln_attn(x)), then ff(ln_ff(x)).",
+                _block_variant("one LayerNorm for both")),
+        Mistake("feed-forward first",
+                "Your block runs the feed-forward sub-layer before attention. Attention comes "
+                "first: x = x + attn(ln_attn(x)), then x = x + ff(ln_ff(x)).",
+                _block_variant("feed-forward first")),
     ),
     forbidden=("gptcourse.block.DecoderBlock",),
 ))

@@ -2,18 +2,21 @@
 
 The exercises: the GPT module (built from plain case data and compared with the course's
 model holding the same weights), the closed-form parameter count for configurations the
-learner has not seen, and GPT-3's arithmetic.
+learner has not seen (an answer that builds a model to count it is refused), and GPT-3's
+arithmetic. Counts must be ints, exact.
 """
 
+import contextlib
 import dataclasses
 import functools
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gptcourse import model as ref
 from gptcourse.checks import Case, Exercise, Mistake, register
-from gptcourse.checks.multi_head_attention import load_weights, random_state
+from gptcourse.checks.multi_head_attention import load_weights, random_state, run_module
 
 CHAPTER = "07-gpt-model"
 
@@ -54,6 +57,12 @@ class _GPTVariant(ref.GPT):
         if targets is not None:
             if m == "loss on the last position only":
                 loss = F.cross_entropy(logits[:, -1], targets[:, -1])
+            elif m == "loss summed":
+                loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T),
+                                       reduction="sum")
+            elif m == "targets shifted again":
+                loss = F.cross_entropy(logits[:, :-1].reshape(B * (T - 1), -1),
+                                       targets[:, 1:].reshape(B * (T - 1)))
             else:
                 loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
         return logits, loss
@@ -64,11 +73,19 @@ def _gpt_variant(mistake):
 
 
 def _run_gpt(candidate, case):
+    """Build the model from the case's config and weights; run it on idx (and targets).
+
+    ``targets`` is passed only when the case has some, so that case checks the default.
+    """
     kw = case.kwargs
     module = load_weights(candidate(case_config(kw)), kw["state"], (
         ("lm_head.weight", "lm_head is nn.Linear(d_model, vocab_size, bias=False)."),
+    ), extra_hints=(
+        ("lm_head.bias", "The head has no bias (as in GPT-2): "
+                         "nn.Linear(config.d_model, config.vocab_size, bias=False)."),
     ))
-    result = module(kw["idx"].clone(), kw["targets"])
+    targets = () if kw["targets"] is None else (kw["targets"],)
+    result = run_module(module, kw["idx"], *targets)
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise TypeError("forward must return a tuple (logits, loss); loss is None when no "
                         "targets are given")
@@ -110,20 +127,21 @@ def _gpt_visible():
     return [
         _gpt_case("vocab 11, context 8, d_model 16, 2 heads, 2 layers, B=2, T=6", g,
                   2, 6, 11, 8, 16, 2, 2),
-        _gpt_case("tied weights, vocab 9, context 6, d_model 12, 3 heads, 2 layers, B=1, T=6",
-                  g, 1, 6, 9, 6, 12, 3, 2, tie_weights=True),
+        _gpt_case("tied weights, no targets, vocab 9, context 6, d_model 12, 3 heads, "
+                  "2 layers, B=1, T=6", g, 1, 6, 9, 6, 12, 3, 2, tie_weights=True,
+                  targets=False),
     ]
 
 
 def _gpt_hidden():
     g = torch.Generator().manual_seed(7102)
     return [
-        _gpt_case("float64, vocab 13, context 10, d_model 24, 4 heads, 3 layers, d_ff 40, "
-                  "B=2, T=7", g, 2, 7, 13, 10, 24, 4, 3, d_ff=40, dtype=torch.float64),
+        _gpt_case("float64, vocab 13, context 10, d_model 12, 3 heads, 3 layers, d_ff 20, "
+                  "B=2, T=7", g, 2, 7, 13, 10, 12, 3, 3, d_ff=20, dtype=torch.float64),
         _gpt_case("tied weights, no targets, vocab 7, context 5, d_model 8, 2 heads, 2 layers",
                   g, 3, 4, 7, 5, 8, 2, 2, tie_weights=True, targets=False),
-        _gpt_case("tied weights, vocab 10, context 6, d_model 16, 4 heads, 3 layers, B=2, T=5",
-                  g, 2, 5, 10, 6, 16, 4, 3, tie_weights=True),
+        _gpt_case("tied weights, vocab 10, context 6, d_model 16, 4 heads, 2 layers, B=2, T=5",
+                  g, 2, 5, 10, 6, 16, 4, 2, tie_weights=True),
     ]
 
 
@@ -153,6 +171,15 @@ register(Exercise(
                 "Your loss uses only the last position. Training scores every position: "
                 "flatten logits to (B*T, V) and targets to (B*T,) for F.cross_entropy.",
                 _gpt_variant("loss on the last position only")),
+        Mistake("loss summed",
+                "Your loss is the SUM of the cross-entropies; the loss is their mean over "
+                "all B*T positions (F.cross_entropy's default, reduction='mean').",
+                _gpt_variant("loss summed")),
+        Mistake("targets shifted again",
+                "You shift the targets against the logits (logits[:, :-1] with "
+                "targets[:, 1:]), but targets are already the next tokens: position t's "
+                "target is targets[:, t]. Compare logits and targets position by position.",
+                _gpt_variant("targets shifted again")),
         Mistake("tied weights ignored",
                 "With config.tie_weights your model keeps two separate matrices; tie them: "
                 "self.lm_head.weight = self.token_embedding.weight.",
@@ -175,9 +202,12 @@ def _formula(vocab_size, context_length, d_model, n_layers, d_ff=None, bias=True
     if d_ff is None or m == "d_ff ignored":
         d_ff = 4 * d_model
     use_bias = bias and m != "biases forgotten"
+    if not bias and m == "LayerNorm shifts dropped with bias=False":
+        m = "LayerNorm as one vector"
     n_projections = 3 if m == "attention as 3 d_model^2" else 4
     attention = n_projections * d_model * d_model + (n_projections * d_model if use_bias else 0)
-    feed_forward = 2 * d_model * d_ff + ((d_ff + d_model) if use_bias else 0)
+    ff_biases = d_ff if m == "contract bias forgotten" else d_ff + d_model
+    feed_forward = 2 * d_model * d_ff + (ff_biases if use_bias else 0)
     vectors_per_norm = 1 if m == "LayerNorm as one vector" else 2
     norm = 0 if m == "LayerNorm forgotten" else vectors_per_norm * d_model
     count = n_layers * (attention + feed_forward + 2 * norm)
@@ -188,24 +218,36 @@ def _formula(vocab_size, context_length, d_model, n_layers, d_ff=None, bias=True
         count += context_length * d_model
     if not tie_weights or m == "tied weights counted twice":
         count += vocab_size * d_model
+    if m == "head bias counted":
+        count += vocab_size
     return count
 
 
 def compare_counts(expected, actual):
-    """Counts must be exact: a forgotten LayerNorm is a few thousand of a hundred million."""
+    """Counts are ints and must be exact: a forgotten LayerNorm is a few thousand of a
+    hundred million. A dict must have exactly the expected keys."""
     if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return f"expected a dict with the keys {sorted(expected)}, got {type(actual).__name__}"
+        if set(actual) != set(expected):
+            absent = sorted(map(repr, set(expected) - set(actual)))
+            extra = sorted(map(repr, set(actual) - set(expected)))
+            problems = []
+            if absent:
+                problems.append(f"missing {', '.join(absent)}")
+            if extra:
+                problems.append(f"not asked for {', '.join(extra)}")
+            return f"expected exactly the keys {sorted(expected)}; {'; '.join(problems)}"
         for key in expected:
-            message = compare_counts(expected[key], actual.get(key) if isinstance(actual, dict)
-                                     else actual)
+            message = compare_counts(expected[key], actual[key])
             if message:
                 return f"{key}: {message}"
         return None
-    if isinstance(actual, torch.Tensor) and actual.numel() == 1:
-        actual = actual.item()
-    if isinstance(actual, float) and actual.is_integer():
-        actual = int(actual)
+    if isinstance(actual, float):
+        return (f"expected an int, got the float {actual!r}: a count is a whole number; "
+                "use // rather than / (or int(...) on an exact result)")
     if not isinstance(actual, int) or isinstance(actual, bool):
-        return f"expected a whole number, got {actual!r}"
+        return f"expected an int, got {type(actual).__name__} {actual!r}"
     if actual != expected:
         return f"expected {expected:,}, got {actual:,} (off by {actual - expected:+,})"
     return None
@@ -213,6 +255,32 @@ def compare_counts(expected, actual):
 
 def _count_variant(mistake):
     return functools.partial(_formula, mistake=mistake)
+
+
+class ModelBuilt(RuntimeError):
+    """Raised when the parameter-count answer builds a module instead of computing."""
+
+
+@contextlib.contextmanager
+def _no_modules():
+    """Refuse to create any nn.Parameter (so any layer or model) inside the block."""
+    def refuse(cls, *args, **kwargs):
+        raise ModelBuilt("gpt_parameter_count must not build a model or any layer (it "
+                         "created an nn.Parameter): add the parts up with the table's "
+                         "formulas, so that it also works for GPT-3's sizes")
+
+    original = nn.Parameter.__dict__["__new__"]                        # a staticmethod
+    nn.Parameter.__new__ = staticmethod(refuse)
+    try:
+        yield
+    finally:
+        nn.Parameter.__new__ = original
+
+
+def _run_count(candidate, case):
+    """Call the candidate on the case's settings, with model building refused."""
+    with _no_modules():
+        return candidate(**dict(case.kwargs))
 
 
 def _count_cases(specs):
@@ -227,8 +295,8 @@ def _count_visible():
          "learned"),
         ("tied, vocab 50, context 32, d_model 64, 2 layers, d_ff 100", 50, 32, 64, 2, 100,
          True, True, "learned"),
-        ("sinusoidal positions, vocab 30, context 16, d_model 32, 3 layers", 30, 16, 32, 3,
-         None, True, False, "sinusoidal"),
+        ("sinusoidal positions, bias=False, vocab 30, context 16, d_model 32, 3 layers", 30,
+         16, 32, 3, None, False, False, "sinusoidal"),
     ])
 
 
@@ -250,6 +318,15 @@ _COUNT_MISTAKES = (
     ("biases forgotten",
      "Your count leaves out the biases: with bias=True each of the 4 attention projections "
      "has d_model, expand has d_ff and contract has d_model."),
+    ("LayerNorm shifts dropped with bias=False",
+     "With bias=False only the attention and feed-forward layers lose their biases; every "
+     "LayerNorm keeps its scale AND its shift (2 * d_model each)."),
+    ("contract bias forgotten",
+     "Your feed-forward biases count only expand's d_ff; contract has a bias too, of "
+     "d_model numbers: d_ff + d_model per block."),
+    ("head bias counted",
+     "The output layer (lm_head) has no bias, as in GPT-2: it adds vocab_size * d_model "
+     "weights only (none when tied)."),
     ("LayerNorm forgotten",
      "Your count leaves out the LayerNorms: each has a scale and a shift of d_model "
      "numbers, two per block plus the final one."),
@@ -277,10 +354,12 @@ register(Exercise(
     reference=ref.gpt_parameter_count,
     visible=_count_visible,
     hidden=_count_hidden,
+    run=_run_count,
     compare=compare_counts,
     mistakes=tuple(Mistake(name, message, _count_variant(name))
                    for name, message in _COUNT_MISTAKES),
-    forbidden=("gptcourse.model.gpt_parameter_count",),
+    forbidden=("gptcourse.model.gpt_parameter_count", "gptcourse.model.GPT",
+               "gptcourse.model.count_parameters"),
 ))
 
 

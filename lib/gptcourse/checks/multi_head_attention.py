@@ -6,8 +6,10 @@ sizes and a state dict of tensors) and judged on their output, their attention w
 on which input dimensions each head reacts to. The batched module is compared with
 ``torch.nn.MultiheadAttention`` holding the same weights.
 
-The helpers :func:`load_weights` and :func:`random_state` are shared with the checks of the
-next chapters, which build modules from case data the same way.
+The helpers :func:`load_weights`, :func:`random_state` and :func:`run_module` are shared
+with the checks of the next chapters, which build modules from case data the same way. Only
+parameters travel with a case: buffers a learner's module keeps for itself (a saved causal
+mask, say) are its own business.
 """
 
 import copy
@@ -20,7 +22,7 @@ from torch import nn
 
 from gptcourse import attention as ref
 from gptcourse.checks import Case, Exercise, Mistake, register
-from gptcourse.checks.core import compare_outputs
+from gptcourse.checks.core import InputModified, compare_outputs
 from gptcourse.tolerances import tolerance
 
 CHAPTER = "05-multi-head-attention"
@@ -34,16 +36,13 @@ def random_state(template: nn.Module, generator: torch.Generator, dtype: torch.d
 
     Weights get a spread of 1 / sqrt(fan_in) (outputs keep a spread near 1), biases and
     LayerNorm shifts 0.1, LayerNorm scales 1 +- 0.1, so that a forgotten bias or LayerNorm
-    changes the output clearly. Buffers are copied from ``template`` as they are.
+    changes the output clearly. Buffers are left out: they are not learned.
     """
     overrides = overrides or {}
     state = {}
-    for name, tensor in template.state_dict().items():
+    for name, tensor in template.named_parameters(remove_duplicate=False):
         if name in overrides:
             state[name] = overrides[name]
-            continue
-        if name not in dict(template.named_parameters(remove_duplicate=False)):
-            state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor.clone()
             continue
         shape = tensor.shape
         noise = torch.randn(shape, generator=generator, dtype=dtype)
@@ -56,36 +55,75 @@ def random_state(template: nn.Module, generator: torch.Generator, dtype: torch.d
     return state
 
 
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], shape_hints=()) -> nn.Module:
-    """Copy ``state`` into ``module`` (converted to the state's dtype) with errors that name
-    the parameter and say what to change.
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], shape_hints=(),
+                 extra_hints=()) -> nn.Module:
+    """Copy ``state`` into the parameters of ``module`` (converted to the state's dtype),
+    with errors that name the parameter and say what to change.
 
-    ``shape_hints``: pairs (name suffix, advice) added to a shape mismatch of that name.
+    Only parameters are compared and copied; the module's buffers stay as they are.
+    ``shape_hints``: pairs (name suffix, advice) added to a shape mismatch of that name;
+    ``extra_hints``: pairs (name suffix, advice) added when the module has a parameter of
+    that name that the course's has not.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"your class built a {type(module).__name__}, not an nn.Module: "
                         "subclass nn.Module and call super().__init__() first")
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     module = module.to(dtype)
-    mine = module.state_dict()
+    mine = dict(module.named_parameters(remove_duplicate=False))
     missing = [name for name in state if name not in mine]
     if missing:
+        name = missing[0]
+        advice = (f"; {name} is a plain tensor or a buffer in yours: wrap it in "
+                  "nn.Parameter(...) so that it is learned" if _is_tensor(module, name) else
+                  "; name the layers as the exercise says")
         raise AttributeError(
-            f"your module has no parameter {missing[0]!r} (expected names: "
-            f"{', '.join(state)}); name the layers as the exercise says")
+            f"your module has no parameter {name!r} (expected names: "
+            f"{', '.join(state)}){advice}")
     unexpected = [name for name in mine if name not in state]
     if unexpected:
+        name = unexpected[0]
+        advice = next((text for suffix, text in extra_hints if name.endswith(suffix)), "")
         raise AttributeError(
-            f"your module has a parameter {unexpected[0]!r} the course's does not have; "
-            f"keep exactly these: {', '.join(state)}")
+            f"your module has a parameter {name!r} the course's does not have; "
+            f"keep exactly these: {', '.join(state)}. {advice}".strip())
     for name, tensor in state.items():
         if mine[name].shape != tensor.shape:
             advice = next((text for suffix, text in shape_hints if name.endswith(suffix)), "")
             raise ValueError(
                 f"{name} has shape {tuple(mine[name].shape)} in your module but "
                 f"{tuple(tensor.shape)} in the course's. {advice}".strip())
-    module.load_state_dict(state)
+    with torch.no_grad():
+        for name, tensor in state.items():
+            mine[name].copy_(tensor)
     return module.eval()
+
+
+def _is_tensor(module: nn.Module, name: str) -> bool:
+    """True when ``module`` holds a tensor (not a parameter) under the dotted ``name``."""
+    path, _, attribute = name.rpartition(".")
+    try:
+        owner = module.get_submodule(path)
+    except AttributeError:
+        return False
+    return isinstance(getattr(owner, attribute, None), torch.Tensor)
+
+
+def run_module(module: nn.Module, x: torch.Tensor, *args, where: str = "", **kwargs):
+    """``module(copy of x, ...)`` without gradients; fails if the copy was changed in place.
+
+    A module that overwrites its input (``x.sub_(mean)``) can return the right values and
+    still break whatever uses that input next, such as the residual path of a block.
+    ``where`` names the parts to look in, for a module built from others.
+    """
+    used = x.clone()
+    with torch.no_grad():
+        result = module(used, *args, **kwargs)
+    if not torch.equal(used, x):
+        raise InputModified(
+            f"your module changed its input x in place{where}; compute new tensors instead "
+            "(x - mean, not x.sub_(mean) or x -= mean)")
+    return result
 
 
 # -- split and merge ----------------------------------------------------------------------
@@ -208,6 +246,11 @@ register(Exercise(
 
 # -- the attention modules ------------------------------------------------------------------
 
+def _linear(d_model: int, bias: bool) -> nn.Linear:
+    """nn.Linear(d_model, d_model) left uninitialised: the case's weights replace them."""
+    return torch.nn.utils.skip_init(nn.Linear, d_model, d_model, bias=bias)
+
+
 class TorchMultiHeadAttention(nn.Module):
     """``torch.nn.MultiheadAttention`` behind the course's parameter names.
 
@@ -221,10 +264,10 @@ class TorchMultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, bias: bool = True):
         super().__init__()
         self.d_model, self.n_heads, self.bias = d_model, n_heads, bias
-        self.query = nn.Linear(d_model, d_model, bias=bias)
-        self.key = nn.Linear(d_model, d_model, bias=bias)
-        self.value = nn.Linear(d_model, d_model, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.query = _linear(d_model, bias)
+        self.key = _linear(d_model, bias)
+        self.value = _linear(d_model, bias)
+        self.out = _linear(d_model, bias)
 
     def forward(self, x, causal=True, return_weights=False):
         T = x.shape[1]
@@ -251,10 +294,10 @@ class _MultiHeadVariant(nn.Module):
     def __init__(self, d_model, n_heads, bias=True, *, mistake):
         super().__init__()
         self.d_model, self.n_heads, self.mistake = d_model, n_heads, mistake
-        self.query = nn.Linear(d_model, d_model, bias=bias)
-        self.key = nn.Linear(d_model, d_model, bias=bias)
-        self.value = nn.Linear(d_model, d_model, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.query = _linear(d_model, bias)
+        self.key = _linear(d_model, bias)
+        self.value = _linear(d_model, bias)
+        self.out = _linear(d_model, bias)
 
     def _project(self, layer, x):
         if self.mistake != "slice input":
@@ -275,9 +318,12 @@ class _MultiHeadVariant(nn.Module):
         scale = {"scaled by sqrt(d_model)": math.sqrt(D), "unscaled": 1.0}.get(
             m, math.sqrt(d_head))
         scores = q @ k.transpose(-2, -1) / scale                      # (B, H, T, T)
-        masked = causal and m not in ("no mask", "mask after softmax")
+        masked = (causal or m == "causal ignored") and m not in (
+            "no mask", "mask after softmax", "blocked scores set to 0")
         if masked:
             scores = scores + ref.causal_mask(T, x.dtype)
+        if causal and m == "blocked scores set to 0":
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), 0.0)
         weights = torch.softmax(scores, dim=-2 if m == "softmax over the wrong dim" else -1)
         if causal and m == "mask after softmax":
             weights = weights * torch.ones(T, T, dtype=x.dtype).tril()
@@ -340,6 +386,14 @@ MHA_MISTAKES = (
             "Your attention ignores causal=True: every token also looks at later tokens. Add "
             "a causal mask (-inf above the diagonal) to the scores when causal is True.",
             _variant("no mask")),
+    Mistake("blocked scores set to 0",
+            "You set the blocked scores to 0 instead of -inf. A score of 0 still gets "
+            "exp(0) = 1 and so a real share of the weight: fill them with float('-inf').",
+            _variant("blocked scores set to 0")),
+    Mistake("causal ignored",
+            "Your attention masks the future even when causal=False: apply the mask only "
+            "when causal is True (an encoder lets every token see every other).",
+            _variant("causal ignored")),
     Mistake("no output projection",
             "Your heads are merged but never mixed: apply the output projection self.out to "
             "the merged (B, T, d_model) tensor.",
@@ -380,25 +434,41 @@ def _head_dependence(module: nn.Module, x: torch.Tensor, causal: bool):
 
 
 def _forward(module, x, causal):
-    result = module(x, causal=causal, return_weights=True)
+    result = run_module(module, x, causal=causal, return_weights=True)
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise TypeError("with return_weights=True your forward must return a tuple "
                         "(out, weights), weights of shape (B, n_heads, T, T)")
     return result
 
 
+def _weights_shape(kw) -> tuple[int, int, int, int]:
+    B, T, _ = kw["x"].shape
+    return (B, kw["n_heads"], T, T)
+
+
 def _run_attention(candidate, case):
-    """Build the module from the case's sizes and weights; return out, weights, dependence."""
+    """Build the module from the case's sizes and weights; return out, weights, dependence.
+
+    The dependence probe needs weights of shape (B, n_heads, T, T); with any other shape it
+    is skipped and the comparison reports the shape.
+    """
     kw = case.kwargs
     module = load_weights(candidate(kw["d_model"], kw["n_heads"], bias=kw["bias"]),
                           kw["state"], _SHAPE_HINTS)
-    with torch.no_grad():
-        out, weights = _forward(module, kw["x"].clone(), kw["causal"])
-    return {"out": out, "weights": weights,
-            "depends": _head_dependence(module, kw["x"], kw["causal"])}
+    out, weights = _forward(module, kw["x"], kw["causal"])
+    depends = None
+    if isinstance(weights, torch.Tensor) and tuple(weights.shape) == _weights_shape(kw):
+        depends = _head_dependence(module, kw["x"], kw["causal"])
+    return {"out": out, "weights": weights, "depends": depends}
 
 
 def _compare_attention(expected, actual):
+    weights_e, weights_a = expected["weights"], actual["weights"]
+    if isinstance(weights_a, torch.Tensor) and weights_a.shape != weights_e.shape:
+        B, H, T, _ = weights_e.shape
+        return (f"weights: expected shape (B, n_heads, T, T) = ({B}, {H}, {T}, {T}), got "
+                f"{tuple(weights_a.shape)}; return every head's weights, stacked along "
+                "dim 1, not their average or a single head's")
     dep_e, dep_a = expected["depends"], actual["depends"]
     if dep_e is not None and isinstance(dep_a, torch.Tensor) and dep_a.shape == dep_e.shape:
         if not torch.equal(dep_a, dep_e):
@@ -412,7 +482,8 @@ def _compare_attention(expected, actual):
 
 def _attention_case(label, g, B, T, d_model, n_heads, dtype=torch.float32, bias=True,
                     causal=True):
-    template = ref.MultiHeadAttention(d_model, n_heads, bias=bias)
+    with torch.device("meta"):                    # only the parameters' names and shapes
+        template = ref.MultiHeadAttention(d_model, n_heads, bias=bias)
     return Case(label, (), {
         "d_model": d_model, "n_heads": n_heads, "bias": bias, "causal": causal,
         "state": random_state(template, g, dtype),
@@ -420,27 +491,31 @@ def _attention_case(label, g, B, T, d_model, n_heads, dtype=torch.float32, bias=
     })
 
 
+# The cases are as small as can still tell every mistake apart: at least 2 heads of at
+# least 2 dimensions (so sqrt(d_head), sqrt(d_model) and 1 all differ) and at least 3
+# tokens in every set of cases that has a causal one. The larger case comes last: a wrong
+# answer usually fails a small case first, and the known mistakes are then tried on it.
+
 def _attention_visible():
     g = torch.Generator().manual_seed(5121)
     return [
-        _attention_case("8 heads of 64 from a 512-dimensional input, B=2, T=6, causal",
-                        g, 2, 6, 512, 8),
-        _attention_case("4 heads of 8, B=1, T=5, causal", g, 1, 5, 32, 4),
+        _attention_case("bias=False, 2 heads of 3, B=2, T=4, causal", g, 2, 4, 6, 2,
+                        bias=False),
+        _attention_case("causal=False, 2 heads of 4, B=2, T=3", g, 2, 3, 8, 2, causal=False),
+        _attention_case("8 heads of 64 from a 512-dimensional input, B=1, T=3, causal",
+                        g, 1, 3, 512, 8),
     ]
 
 
-def _attention_hidden(with_bias_free=True):
+def _attention_hidden():
     g = torch.Generator().manual_seed(5122)
-    cases = [
-        _attention_case("float64, 3 heads of 8, B=2, T=7, causal", g, 2, 7, 24, 3,
+    return [
+        _attention_case("float64, 3 heads of 2, B=2, T=4, causal", g, 2, 4, 6, 3,
                         dtype=torch.float64),
-        _attention_case("causal=False, 4 heads of 4, B=2, T=5", g, 2, 5, 16, 4, causal=False),
-        _attention_case("a single token, 2 heads of 8", g, 1, 1, 16, 2),
+        _attention_case("causal=False, bias=False, 4 heads of 2, B=1, T=3", g, 1, 3, 8, 4,
+                        bias=False, causal=False),
+        _attention_case("a single token, 2 heads of 4", g, 1, 1, 8, 2),
     ]
-    if with_bias_free:
-        cases.append(_attention_case("bias=False, 2 heads of 6, B=1, T=4", g, 1, 4, 12, 2,
-                                     bias=False))
-    return cases
 
 
 register(Exercise(
@@ -449,7 +524,7 @@ register(Exercise(
     title="Exercise 3: multi-head attention, one head at a time",
     reference=ref.MultiHeadAttention,
     visible=_attention_visible,
-    hidden=functools.partial(_attention_hidden, with_bias_free=False),
+    hidden=_attention_hidden,
     run=_run_attention,
     compare=_compare_attention,
     mistakes=MHA_MISTAKES,

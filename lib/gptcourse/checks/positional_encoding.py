@@ -11,7 +11,7 @@ import math
 import torch
 
 from gptcourse import embeddings as ref
-from gptcourse.checks import Case, Exercise, Mistake, register
+from gptcourse.checks import Case, Exercise, Mistake, compare_outputs, register
 
 CHAPTER = "02-positional-encoding"
 
@@ -191,11 +191,38 @@ def _pe_from_one(context_length, d_model, base=10000.0):
     return _interleave(angle.sin(), angle.cos(), d_model)
 
 
+# Beyond this many radians, float32 rounding of the angle alone can move a sine by more than
+# the tolerance (from about 150 radians on), so a wrong variant's entries there are unknown.
+_LARGEST_COMPARABLE_ANGLE = 50.0
+
+
 def _pe_inverted(context_length, d_model, base=10000.0):
     pair = torch.arange((d_model + 1) // 2, dtype=torch.float64)
     position = torch.arange(context_length, dtype=torch.float64)[:, None]
     angle = position * base ** (2 * pair / d_model)  # multiplied where it should divide
-    return _interleave(angle.sin(), angle.cos(), d_model)
+    pe = _interleave(angle.sin(), angle.cos(), d_model)
+    unknown = _interleave(angle, angle, d_model) > _LARGEST_COMPARABLE_ANGLE
+    return pe.masked_fill(unknown, float("nan"))
+
+
+def _pe_base_ignored(context_length, d_model, base=10000.0):
+    return ref.sinusoidal_encoding(context_length, d_model)
+
+
+def _compare_encodings(expected, actual):
+    """Like :func:`compare_outputs`, but NaN in ``expected`` marks entries not compared.
+
+    The reference never holds NaN. A wrong variant does where its angles are so large that a
+    learner's float32 version of the same mistake would differ from it by rounding alone.
+    """
+    if (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)
+            and expected.dtype.is_floating_point and actual.dtype == expected.dtype
+            and actual.shape == expected.shape):
+        unknown = torch.isnan(expected)
+        if unknown.any():
+            return compare_outputs(expected.masked_fill(unknown, 0.0),
+                                   actual.masked_fill(unknown, 0.0))
+    return compare_outputs(expected, actual)
 
 
 def _pe_log10(context_length, d_model, base=10000.0):
@@ -225,15 +252,17 @@ def _sinusoidal_visible():
     return [
         Case("context_length=8, d_model=16", (8, 16)),
         Case("context_length=50, d_model=6", (50, 6)),
+        Case("an odd d_model: context_length=12, d_model=7", (12, 7)),
+        Case("base=100, context_length=10, d_model=8", (10, 8), {"base": 100.0}),
     ]
 
 
 def _sinusoidal_hidden():
     return [
         Case("context_length=64, d_model=32", (64, 32)),
-        Case("an odd d_model: context_length=12, d_model=7", (12, 7)),
+        Case("an odd d_model: context_length=9, d_model=11", (9, 11)),
         Case("context_length=1, d_model=4", (1, 4)),
-        Case("base=100, context_length=20, d_model=10", (20, 10), {"base": 100.0}),
+        Case("base=500, context_length=20, d_model=10", (20, 10), {"base": 500.0}),
     ]
 
 
@@ -244,6 +273,7 @@ register(Exercise(
     reference=_sinusoidal_reference,
     visible=_sinusoidal_visible,
     hidden=_sinusoidal_hidden,
+    compare=_compare_encodings,
     mistakes=(
         Mistake("concatenated",
                 "You put all the sines first and all the cosines after them "
@@ -267,6 +297,10 @@ register(Exercise(
         Mistake("base 1000",
                 "Your wavelengths use base 1000. Use the base argument (10000 by default).",
                 _pe_base_1000),
+        Mistake("base ignored",
+                "Your matrix ignores the base argument and always uses 10000. Use base in "
+                "the frequencies: 1 / base**(2i / d_model).",
+                _pe_base_ignored),
         Mistake("positions start at 1",
                 "Your positions start at 1. The first token is position 0, so the first row "
                 "is sin(0) = 0 and cos(0) = 1 alternating: use torch.arange(context_length).",

@@ -8,7 +8,7 @@ references live here because the library itself only needs the lookup (``weight[
 import torch
 import torch.nn.functional as F
 
-from gptcourse.checks import Case, Exercise, Mistake, register
+from gptcourse.checks import Case, Exercise, Mistake, compare_outputs, register
 
 CHAPTER = "01-tokens-and-embeddings"
 
@@ -60,6 +60,10 @@ def _one_hot_visible():
              (torch.tensor([3, 0, 6, 3, 1]), _random_weight(g, 7, 4))),
         Case("a single token id, vocab_size=10, d_model=3",
              (torch.tensor([9]), _random_weight(g, 10, 3))),
+        Case("6 token ids that never use the last id, vocab_size=9, d_model=3",
+             (torch.tensor([2, 0, 7, 7, 5, 1]), _random_weight(g, 9, 3))),
+        Case("float64 weights, vocab_size=6, d_model=4",
+             (torch.tensor([5, 1, 0, 3]), _random_weight(g, 6, 4, torch.float64))),
     ]
 
 
@@ -129,6 +133,9 @@ def _cosine_visible():
         Case("two vectors of length 4", (_vectors(g, 4, scale=3.0), _vectors(g, 4, scale=0.5))),
         Case("one query (5,) against a table of 6 rows (6, 5)",
              (_vectors(g, 5, scale=2.0), _vectors(g, 6, 5) * torch.arange(1.0, 7.0)[:, None])),
+        Case("float64, two vectors of length 3",
+             (_vectors(g, 3, dtype=torch.float64, scale=2.0),
+              _vectors(g, 3, dtype=torch.float64, scale=0.5))),
     ]
 
 
@@ -215,13 +222,23 @@ def _table(g, n, d, dtype=torch.float32):
     return torch.randn(n, d, generator=g, dtype=dtype) * lengths[:, None]
 
 
+def _compare_indices(expected, actual):
+    """Row indices must be int64, as torch.topk and argsort return them."""
+    if (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)
+            and actual.dtype != expected.dtype):
+        return (f"dtype: expected {expected.dtype} row indices, got {actual.dtype}: return "
+                "the indices as torch.topk or argsort give them, without converting them "
+                "(no .int() or .float())")
+    return compare_outputs(expected, actual)
+
+
 def _nearest_visible():
     g = torch.Generator().manual_seed(301)
     table = _table(g, 10, 4)
     other = _table(g, 12, 6)
     return [
-        Case("a query that is row 2 of a (10, 4) table, k=3, exclude=(2,)",
-             (table[2].clone(), table, 3), {"exclude": (2,)}),
+        Case("a query that is row 2 of a (10, 4) table, k=3, exclude=(2, 6)",
+             (table[2].clone(), table, 3), {"exclude": (2, 6)}),
         Case("a query outside a (12, 6) table, k=4, nothing excluded",
              (torch.randn(6, generator=g) * 2.0, other, 4)),
     ]
@@ -290,6 +307,7 @@ register(Exercise(
     reference=nearest_neighbours,
     visible=_nearest_visible,
     hidden=_nearest_hidden,
+    compare=_compare_indices,
     mistakes=(
         Mistake("sorted ascending", _ASCENDING, _nearest_ascending_masked),
         Mistake("sorted ascending (rows removed)", _ASCENDING, _nearest_ascending_filtered),
@@ -359,6 +377,7 @@ register(Exercise(
     reference=analogy,
     visible=_analogy_visible,
     hidden=_analogy_hidden,
+    compare=_compare_indices,
     mistakes=(
         Mistake("king - woman + man",
                 "You computed table[b] - table[c] + table[a] (king - woman + man). For "

@@ -32,6 +32,8 @@ def _visible() -> list[Case]:
     return [
         Case("two vectors of 5 numbers", _pair((5,), seed=0)),
         Case("a (3, 4) matrix of predictions and targets", _pair((3, 4), seed=1)),
+        Case("float64 tensors of shape (2, 3) (the result keeps their dtype)",
+             _pair((2, 3), seed=2, dtype=torch.float64)),
     ]
 
 
@@ -61,6 +63,10 @@ def _square_of_mean(predictions, targets):
     return (predictions - targets).mean() ** 2
 
 
+def _n_minus_1(predictions, targets):
+    return ((predictions - targets) ** 2).sum() / (predictions.numel() - 1)
+
+
 def _root(predictions, targets):
     return ((predictions - targets) ** 2).mean().sqrt()
 
@@ -82,6 +88,9 @@ register(Exercise(
                             "square each difference instead of taking .abs().", _absolute),
         Mistake("square_of_mean", "You square the mean of the differences; square each "
                                   "difference first, then take the mean.", _square_of_mean),
+        Mistake("n - 1", "You divide by n - 1, as the unbiased variance does. The mean "
+                         "squared error divides by n, the number of elements: use .mean().",
+                _n_minus_1),
         Mistake("root", "You take the square root at the end (that is the root mean squared "
                         "error): return the mean of the squares itself.", _root),
     ),

@@ -42,17 +42,17 @@ from gptcourse.grading.structure import (
 
 log = logging.getLogger(__name__)
 
-HELP = """Grade a class: score every submission in SUBMISSIONS (nbgrader's layout
-SUBMISSIONS/<student>/<chapter>/<notebook>.ipynb) and write OUTPUT/grades.csv (student,
-chapter, exercise, score, max_score, reason, autograde), OUTPUT/scores.png (histogram of
-total scores), OUTPUT/failed_exercises.png, learners' feedback in
-OUTPUT/feedback/<student>/<chapter>/ (without hidden tests) and nbgrader's autograded
-notebooks in OUTPUT/autograded/. Scores come from re-running each learner's answer cells in
-a fresh, resource-limited process (as another user, with the solutions, the gradebook and
-other submissions hidden, when run as root on Linux) and comparing with the course's
-reference outside it; they are written into the gradebook. A broken submission scores 0 with
-a reason and the run goes on. Rerunning continues where a run stopped (use --force to
-regrade everything). Exit code: 0 when every submission was graded and recorded."""
+HELP = """Grade a class: score every submission in SUBMISSIONS_DIR (nbgrader's layout
+SUBMISSIONS_DIR/<student>/<chapter>/<notebook>.ipynb) and write to OUTPUT_DIR: grades.csv
+(student, chapter, exercise, score, max_score, reason, autograde), scores.png (histogram of
+total scores), failed_exercises.png (most-failed exercises), learners' feedback in
+feedback/<student>/<chapter>/ (without hidden tests) and nbgrader's autograded notebooks in
+autograded/. Scores come from re-running each learner's answer cells in a fresh,
+resource-limited process (with the solutions, the gradebook and other submissions hidden,
+when run as root on Linux) and comparing with the course's reference outside it; they are
+written into the gradebook. A broken submission scores 0 with a reason and the run goes on.
+Rerunning continues where a run stopped (use --force to regrade everything). Exit code: 0
+when every submission was graded and recorded, 1 when some could not be, 2 on bad input."""
 
 RESULTS = "results"
 CSV_COLUMNS = ["student", "chapter", "exercise", "score", "max_score", "reason", "autograde"]
@@ -240,6 +240,7 @@ def grade_submission(settings: Settings, chapter: Chapter, student: str, sandbox
     """Score one submission, write its gradebook entry and its record; return its rows."""
     from gptcourse.grading.sandbox import Job, judge
 
+    started = time.perf_counter()
     folder = settings.submissions / student / chapter.name
     path = folder / f"{chapter.stem}.ipynb"
     scores: dict[str, float] = {}
@@ -279,13 +280,19 @@ def grade_submission(settings: Settings, chapter: Chapter, student: str, sandbox
             note = cells.notes.get(ex.id)
             reasons[ex.id] = verdict.reason + (f" [{note}]" if note else "")
 
+        log.info("%s/%s: sandbox done after %.1f s", student, chapter.name,
+                 time.perf_counter() - started)
         if not settings.args.no_autograde:
             background.join()
             status = autograded.get("status", "failed: the autograder's thread crashed")
+            log.info("%s/%s: nbgrader done after %.1f s", student, chapter.name,
+                     time.perf_counter() - started)
         if not settings.args.no_feedback:
             rows = _rows(student, chapter, reasons, scores, status)
             _feedback(settings, chapter, student,
                       autograded.get("notebook") or _without_outputs(notebook), rows, lock)
+            log.info("%s/%s: feedback done after %.1f s", student, chapter.name,
+                     time.perf_counter() - started)
 
     rows = _rows(student, chapter, reasons, scores, status)
     with lock:
@@ -455,7 +462,8 @@ def quiet_nbgrader(verbose: bool = False) -> None:
     """nbgrader logs every step and SQLAlchemy warns about nbgrader's own sessions.
 
     nbgrader also starts the ``alembic`` program for every new gradebook to learn the
-    schema version, which never changes within a run: ask once.
+    schema version (seconds each time); read it once, in this process, from nbgrader's own
+    migration scripts.
     """
     import functools
     import warnings
@@ -468,7 +476,22 @@ def quiet_nbgrader(verbose: bool = False) -> None:
     logging.getLogger("traitlets").setLevel(level)
     logging.getLogger("gptcourse.grading.nbgrader").setLevel(level)
     if not hasattr(nbgrader.api.get_alembic_version, "cache_info"):
-        nbgrader.api.get_alembic_version = functools.cache(nbgrader.api.get_alembic_version)
+        original = nbgrader.api.get_alembic_version
+
+        @functools.cache
+        def schema_version() -> str:
+            try:
+                from alembic.config import Config
+                from alembic.script import ScriptDirectory
+
+                config = Config()
+                config.set_main_option("script_location", os.path.join(
+                    os.path.dirname(nbgrader.__file__), "alembic"))
+                return ScriptDirectory.from_config(config).get_current_head()
+            except Exception:  # an unexpected nbgrader layout: ask the way nbgrader does
+                return original()
+
+        nbgrader.api.get_alembic_version = schema_version
 
 
 def run(args: argparse.Namespace) -> int:
@@ -496,7 +519,8 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     # Python, torch and nbgrader start in the background while the chapters are prepared.
-    sandboxes = _start_workers(settings)
+    todo = [(s, c) for s, c in pairs if args.force or not _record_path(settings, s, c).exists()]
+    sandboxes = _start_workers(settings, len(todo))
     try:
         chapters: dict[str, Chapter] = {}
         for name in sorted({c for _, c in pairs}):
@@ -509,8 +533,7 @@ def run(args: argparse.Namespace) -> int:
                 # A stray folder among the submissions must not stop the class run.
                 print(f"skipping {name}: not a chapter of this course ({exc})")
         pairs = [(s, c) for s, c in pairs if c in chapters]
-        todo = [(s, c) for s, c in pairs
-                if args.force or not _record_path(settings, s, c).exists()]
+        todo = [(s, c) for s, c in todo if c in chapters]
         if len(todo) < len(pairs):
             print(f"{len(pairs) - len(todo)} submissions already graded (use --force to "
                   "regrade them)")
@@ -537,7 +560,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _start_workers(settings: Settings) -> queue.Queue:
+def _start_workers(settings: Settings, needed: int) -> queue.Queue:
     """One sandbox per job (each its own uid), and warm nbgrader runners."""
     from gptcourse.grading.sandbox import Sandbox
 
@@ -550,12 +573,13 @@ def _start_workers(settings: Settings) -> queue.Queue:
     for worker in range(jobs):
         sandbox = Sandbox(limits=limits, timeout=args.timeout, hide=tuple(settings.hide),
                           worker=worker, readonly=readonly)
-        sandbox.start_soon()
+        if needed:
+            sandbox.start_soon()
         sandboxes.put(sandbox)
     if not args.no_autograde:
         from gptcourse.grading.nbgrader_run import Runners
 
-        settings.runners = Runners()
+        settings.runners = Runners(needed)
         settings.runners.warm_up(jobs)
     return sandboxes
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -88,9 +89,11 @@ class Runners:
     submission does not wait for Python and nbgrader to start; one spare is kept warm.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, needed: int) -> None:
         self._lock = threading.Lock()
         self._warm: list[tuple[subprocess.Popen, Path]] = []
+        # Never start more than the run needs: a spare left over would only steal CPU.
+        self._left = needed
 
     @staticmethod
     def _spawn() -> tuple[subprocess.Popen, Path]:
@@ -101,15 +104,20 @@ class Runners:
                                     stderr=subprocess.STDOUT, start_new_session=True)
         return proc, Path(name)
 
+    def _add(self) -> None:
+        if self._left > len(self._warm):
+            self._warm.append(self._spawn())
+
     def warm_up(self, count: int = 1) -> None:
         with self._lock:
-            while len(self._warm) < count:
-                self._warm.append(self._spawn())
+            for _ in range(count - len(self._warm)):
+                self._add()
 
     def take(self) -> tuple[subprocess.Popen, Path]:
         with self._lock:
             runner = self._warm.pop(0) if self._warm else self._spawn()
-            self._warm.append(self._spawn())
+            self._left -= 1
+            self._add()
         return runner
 
     def close(self) -> None:
@@ -137,6 +145,7 @@ def autograde(spec: dict, timeout: float, runners: Runners | None = None) -> dic
         proc.stdin.close()
     except OSError:  # the runner died while waiting; its log says why
         pass
+    started = time.perf_counter()
     try:
         proc.wait(timeout)
         timed_out = False
@@ -147,6 +156,8 @@ def autograde(spec: dict, timeout: float, runners: Runners | None = None) -> dic
     if spec.get("uid") is not None:
         isolation.kill_uid(spec["uid"])
 
+    log.info("nbgrader's process for %s/%s ran %.1f s", spec["student"], spec["chapter"],
+             time.perf_counter() - started)
     text = log_path.read_text(errors="replace")
     log_path.unlink(missing_ok=True)
     if timed_out:
