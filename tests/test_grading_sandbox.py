@@ -24,6 +24,11 @@ TIMEOUT = 4.0
 RIGHT, WRONG = submissions.RIGHT, submissions.WRONG
 
 
+def _indented(code: str) -> str:
+    """``code`` indented one level, to sit inside an ``if`` of a probe."""
+    return "".join("    " + line + "\n" for line in code.splitlines())
+
+
 @pytest.fixture(scope="module")
 def gradebook(tmp_path_factory):
     """A stand-in for the instructor's gradebook, which learner code must not reach."""
@@ -215,7 +220,7 @@ def test_solutions_and_gradebook_are_out_of_reach(sandbox, gradebook):
         "try:\n"
         f"    open({str(gradebook)!r}, 'w').write('tampered')\n"
         "    found.append('wrote')\nexcept OSError:\n    pass\n"
-        "if not any(found):\n" + "".join("    " + l + "\n" for l in RIGHT.splitlines()))
+        "if not any(found):\n" + _indented(RIGHT))
     assert grade(sandbox, [spy]).score == 1.0  # defined only when nothing was reached
     assert gradebook.read_text() == "the real gradebook"
 
@@ -229,7 +234,7 @@ def test_no_network_and_no_unmounting(sandbox):
         "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
         f"if libc.umount2({str(submissions.REPO / 'solutions')!r}.encode(), 2) == 0:\n"
         "    reached.append('umount')\n"
-        "if not reached:\n" + "".join("    " + l + "\n" for l in RIGHT.splitlines()))
+        "if not reached:\n" + _indented(RIGHT))
     assert grade(sandbox, [probe]).score == 1.0
 
 
@@ -309,7 +314,7 @@ def test_the_course_and_python_cannot_be_modified(sandbox):
              f"for path in {[str(t) for t in targets]!r}:\n"
              "    try:\n        open(path, 'w').write('x')\n        written.append(path)\n"
              "    except OSError:\n        pass\n"
-             "if not written:\n" + "".join("    " + l + "\n" for l in RIGHT.splitlines()))
+             "if not written:\n" + _indented(RIGHT))
     try:
         assert grade(sandbox, [probe]).score == 1.0
     finally:

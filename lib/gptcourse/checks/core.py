@@ -204,7 +204,8 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
         if not isinstance(actual, dict):
             return f"expected a dict{at}, got {type(actual).__name__}"
         if set(actual) != set(expected):
-            return f"keys{at}: expected {sorted(map(str, expected))}, got {sorted(map(str, actual))}"
+            return (f"keys{at}: expected {sorted(map(str, expected))}, "
+                    f"got {sorted(map(str, actual))}")
         for key in expected:
             message = compare_outputs(expected[key], actual[key], f"{where}[{key!r}]")
             if message:
