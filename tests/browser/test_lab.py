@@ -22,9 +22,14 @@ UNDONE = "03-self-attention/self_attention.ipynb"
 
 
 def _run_all(page, base, token, path, timeout_s=300):
-    page.goto(f"{base}/lab/tree/{path}?token={token}")
+    # A workspace of its own: JupyterLab would otherwise reopen the notebooks of the tests
+    # before, and their cells would be on the page too.
+    workspace = path.replace("/", "-").removesuffix(".ipynb")
+    page.goto(f"{base}/lab/workspaces/{workspace}/tree/{path}?token={token}")
     page.wait_for_function(KERNEL_IDLE, timeout=120_000)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # Start the command without awaiting its promise: evaluate() has no timeout, and the
+    # promise of a run that stops at an error need not settle. The wait below is bounded.
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     page.wait_for_function(ALL_CELLS_RAN, timeout=timeout_s * 1000, polling=1000)
 
 
