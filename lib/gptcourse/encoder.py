@@ -18,20 +18,14 @@ The module also holds cross-attention, the link of the original encoder-decoder
 transformer: queries from the decoder, keys and values from the encoder's output.
 """
 
-import math
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from gptcourse.attention import causal_mask, scaled_dot_product_attention
 from gptcourse.block import DecoderBlock, LayerNorm
-from gptcourse.embeddings import (
-    LearnedPositionalEmbedding,
-    SinusoidalPositionalEncoding,
-    TokenEmbedding,
-)
-from gptcourse.model import GPTConfig
+from gptcourse.embeddings import TokenEmbedding
+from gptcourse.model import GPTConfig, init_weights, position_layer
 
 MASK_PROB = 0.15
 
@@ -141,31 +135,16 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = TokenEmbedding(config.vocab_size, config.d_model)
-        if config.positions == "learned":
-            self.position_embedding = LearnedPositionalEmbedding(config.context_length,
-                                                                 config.d_model)
-        else:
-            self.position_embedding = SinusoidalPositionalEncoding(config.context_length,
-                                                                   config.d_model)
+        self.position_embedding = position_layer(config)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
         self.ln_final = LayerNorm(config.d_model)
         self.mlm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        for block in self.blocks:
-            for layer in (block.attn.out, block.ff.contract):
-                nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_weights(self, config.n_layers)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) -> contextual vectors (B, T, d_model), each seeing the whole input."""
-        B, T = idx.shape
+        T = idx.size(1)
         if T > self.config.context_length:
             raise ValueError(f"{T} tokens do not fit the encoder's context_length of "
                              f"{self.config.context_length}")

@@ -55,6 +55,30 @@ class GPTConfig:
         return asdict(self)
 
 
+def position_layer(config: GPTConfig) -> nn.Module:
+    """Floor 2 as the config asks: learned position embeddings or the sinusoidal table."""
+    if config.positions == "learned":
+        return LearnedPositionalEmbedding(config.context_length, config.d_model)
+    return SinusoidalPositionalEncoding(config.context_length, config.d_model)
+
+
+def init_weights(model: nn.Module, n_layers: int) -> None:
+    """GPT-2's initialisation for a stack of ``n_layers`` blocks in ``model.blocks``.
+
+    Linear weights start at N(0, 0.02) and biases at 0. Each block adds to the residual
+    stream twice, so the projections that write into it start smaller still, by
+    1/sqrt(2 n_layers), to keep the stream's variance from growing with depth.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for block in model.blocks:
+        for layer in (block.attn.out, block.ff.contract):
+            nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * n_layers))
+
+
 class GPT(nn.Module):
     """A decoder-only transformer language model."""
 
@@ -62,33 +86,15 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = TokenEmbedding(config.vocab_size, config.d_model)
-        if config.positions == "learned":
-            self.position_embedding = LearnedPositionalEmbedding(config.context_length,
-                                                                 config.d_model)
-        else:
-            self.position_embedding = SinusoidalPositionalEncoding(config.context_length,
-                                                                   config.d_model)
+        self.position_embedding = position_layer(config)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
         self.ln_final = LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        init_weights(self, config.n_layers)
         if config.tie_weights:
             # One matrix serves both ends: row i embeds token i and scores token i.
             self.lm_head.weight = self.token_embedding.weight
-
-        # GPT-2's scaling: each block adds to the residual stream twice, so shrink the
-        # projections that write into it to keep its variance from growing with depth.
-        for block in self.blocks:
-            for layer in (block.attn.out, block.ff.contract):
-                nn.init.normal_(layer.weight, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     def new_kv_caches(self) -> list[KVCache]:
         """One empty cache per layer, for :func:`gptcourse.generation.generate`."""
