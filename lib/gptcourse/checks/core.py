@@ -20,6 +20,7 @@ lists, tuples or dicts of them, so they can cross a process boundary with
 """
 
 import copy
+import functools
 import os
 import sys
 import traceback
@@ -117,6 +118,21 @@ def call_case(candidate: Callable[..., Any], case: Case) -> Any:
         raise InputModified(f"your function changed its input {change!r} in place; compute "
                             "new tensors instead (x - m, not x.sub_(m) or x -= m)")
     return result
+
+
+def one_thread(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``function`` on one CPU thread, for an ``Exercise.run`` that trains or generates
+    with a tiny model: such models are fastest that way, and a busy machine does not slow
+    them down by thread contention."""
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapped
 
 
 @dataclass(frozen=True)

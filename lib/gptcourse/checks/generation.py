@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from gptcourse import generation as ref
 from gptcourse.checks import Case, Exercise, Mistake, compare_outputs, register
+from gptcourse.checks.core import one_thread
 from gptcourse.tolerances import SAMPLING_Z
 
 CHAPTER = "08-generation"
@@ -321,20 +322,7 @@ def _model(config: dict, seed: int):
 _TINY = {"vocab_size": 10, "context_length": 8, "d_model": 16, "n_heads": 2, "n_layers": 1}
 
 
-def _one_thread(function):
-    """Run ``function`` on one CPU thread: tiny models are fastest that way, and a busy
-    machine does not slow them down by thread contention."""
-    def wrapped(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapped
-
-
-@_one_thread
+@one_thread
 def _run_generate(candidate, case):
     model = _model(case.kwargs["config"], case.kwargs["seed"])
     with torch.no_grad():
@@ -343,7 +331,7 @@ def _run_generate(candidate, case):
     return out
 
 
-@_one_thread
+@one_thread
 def _find_eos_case(seed: int, prompt_seed: int, n: int, both_finish: bool):
     """A prompt and an eos_id for which greedy decoding ends the two rows at different
     steps (or ends only the first), so that every stopping mistake shows."""

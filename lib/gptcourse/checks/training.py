@@ -16,21 +16,9 @@ import torch.nn.functional as F
 
 from gptcourse import training as ref
 from gptcourse.checks import Case, Exercise, Mistake, compare_outputs, register
+from gptcourse.checks.core import one_thread
 
 CHAPTER = "09-training"
-
-
-def _one_thread(function):
-    """Run ``function`` on one CPU thread: tiny models are fastest that way, and a busy
-    machine does not slow them down by thread contention."""
-    def wrapped(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapped
 
 
 # -- the batch builder ------------------------------------------------------------------
@@ -209,7 +197,7 @@ def _model(config: dict, seed: int):
     return GPT(GPTConfig(**config))
 
 
-@_one_thread
+@one_thread
 def _run_prefix(candidate, case):
     model = _model(case.kwargs["config"], case.kwargs["seed"]).eval()
     idx, targets = case.args
@@ -303,7 +291,7 @@ register(Exercise(
 _DROPOUT = dict(_TINY, dropout=0.2)
 
 
-@_one_thread
+@one_thread
 def _run_train_step(candidate, case):
     """Four steps on the same batch, starting from a model left in eval mode (as an
     evaluation would leave it) -> the losses and the final loss measured without dropout."""
@@ -402,7 +390,7 @@ def evaluate_loss(model, batches):
     return sum(losses) / len(losses)
 
 
-@_one_thread
+@one_thread
 def _run_evaluate(candidate, case):
     model = _model(case.kwargs["config"], case.kwargs["seed"]).train()
     torch.manual_seed(case.kwargs["seed"])
@@ -504,7 +492,7 @@ def _segments_loss(model, data):
     return loss.item()
 
 
-@_one_thread
+@one_thread
 def _run_train(candidate, case):
     """Train with the learner's loop on the tiny corpus -> the validation loss the course's
     code measures afterwards, and the keys of the returned history."""
