@@ -137,8 +137,10 @@ def test_a_float32_answer_with_a_known_mistake_is_named(answer):
 
 
 def test_visible_cases_try_every_argument_the_exercises_name():
+    reference = sinusoidal_encoding  # held by the answer itself, so it is judged on its values
+
     def ignores_base(context_length, d_model, base=10000.0):
-        return sinusoidal_encoding(context_length, d_model)
+        return reference(context_length, d_model)
 
     def without_num_classes(idx, weight):
         return F.one_hot(idx).to(weight.dtype) @ weight
@@ -161,8 +163,10 @@ def test_visible_cases_try_every_argument_the_exercises_name():
 
 
 def test_indices_of_another_integer_dtype_are_refused_with_the_reason():
+    reference = emb_checks.nearest_neighbours
+
     def nearest_int32(query, table, k, exclude=()):
-        return emb_checks.nearest_neighbours(query, table, k, exclude).int()
+        return reference(query, table, k, exclude).int()
 
     with pytest.raises(CheckFailed, match="expected torch.int64 row indices, got torch.int32"):
         check("nearest_neighbours", _learner(nearest_int32))

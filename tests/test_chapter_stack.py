@@ -188,8 +188,10 @@ def test_gpt3_is_about_175_billion_parameters():
 
 
 def test_an_off_by_a_few_count_fails_although_within_float_tolerance():
+    reference = model.gpt_parameter_count  # held by the answer, so it is judged on its values
+
     def almost(*args, **kwargs):
-        return model.gpt_parameter_count(*args, **kwargs) + 3
+        return reference(*args, **kwargs) + 3
 
     with pytest.raises(CheckFailed, match="off by \\+3"):
         check("gpt_parameter_count", almost, hidden=True)
@@ -276,12 +278,15 @@ def test_a_bias_on_the_head_is_named():
 
 
 def test_a_parameter_count_that_builds_a_model_is_refused():
+    # Held by the answer, as a learner's own GPT class and counter from the chapter would be.
+    GPT, count_parameters = model.GPT, model.count_parameters  # noqa: N806
+
     def built(vocab_size, context_length, d_model, n_layers, d_ff=None, bias=True,
               tie_weights=False, positions="learned"):
         config = model.GPTConfig(vocab_size=vocab_size, context_length=context_length,
                                  d_model=d_model, n_heads=1, n_layers=n_layers, d_ff=d_ff,
                                  bias=bias, tie_weights=tie_weights, positions=positions)
-        return model.count_parameters(model.GPT(config))
+        return count_parameters(GPT(config))
 
     with pytest.raises(CheckFailed, match="must not build a model"):
         check("gpt_parameter_count", built)
@@ -289,8 +294,10 @@ def test_a_parameter_count_that_builds_a_model_is_refused():
 
 
 def test_counts_must_be_ints_and_the_dict_exactly_the_asked_keys():
+    reference = model.gpt_parameter_count
+
     def as_float(*args, **kwargs):
-        return float(model.gpt_parameter_count(*args, **kwargs))
+        return float(reference(*args, **kwargs))
 
     with pytest.raises(CheckFailed, match="expected an int"):
         check("gpt_parameter_count", as_float)

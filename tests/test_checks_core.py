@@ -76,3 +76,64 @@ def test_error_line_is_the_learners_not_the_librarys():
     verdict = _verdict(namespace["broken"])
     assert "your code raised RuntimeError" in verdict.message
     assert "(line 3)" in verdict.message
+
+
+def test_whole_numbers_must_stay_whole_numbers():
+    from gptcourse.checks.core import compare_outputs
+
+    ids = torch.tensor([3, 0, 2])
+    assert compare_outputs(ids, ids.clone()) is None
+    assert "torch.long" in compare_outputs(ids, ids.float() + 0.9)  # rounds back to the ids
+    assert "torch.long" in compare_outputs(ids, ids.to(torch.int32))
+    mask = torch.tensor([True, False])
+    assert ".bool()" in compare_outputs(mask, mask.long())
+
+
+def test_a_number_from_another_library_is_named_with_its_library():
+    import numpy as np
+
+    from gptcourse.checks.core import compare_outputs
+
+    assert "numpy.float32" in compare_outputs(torch.tensor(1.0), np.float32(1.0))
+
+
+def _learners(source: str, **namespace):
+    """Functions defined by ``source`` as in a notebook's answer cell."""
+    namespace["__name__"] = "__main__"
+    exec(compile(source, "<answer cell>", "exec"), namespace)
+    return namespace
+
+
+def test_check_refuses_an_answer_that_calls_the_exercises_reference():
+    import pytest
+
+    from gptcourse.checks import CheckFailed, check
+
+    wrappers = _learners(
+        "import gptcourse.model as M\n"
+        "from gptcourse.model import gpt_parameter_count as alias\n"
+        "def imported(*a, **k):\n"
+        "    from gptcourse.model import gpt_parameter_count as g\n"
+        "    return g(*a, **k)\n"
+        "def through_module(*a, **k):\n"
+        "    return M.gpt_parameter_count(*a, **k)\n"
+        "def through_alias(*a, **k):\n"
+        "    return alias(*a, **k)\n")
+    for name in ("imported", "through_module", "through_alias"):
+        with pytest.raises(CheckFailed, match="does not count"):
+            check("gpt_parameter_count", wrappers[name])
+
+
+def test_other_names_of_the_reference_module_are_not_taken_for_the_reference():
+    from gptcourse import attention
+    from gptcourse.checks.core import calls_forbidden_reference
+
+    forbidden = ("gptcourse.attention.softmax",)
+    answers = _learners(
+        "def own(x, dim=-1):\n"
+        "    unused = reference.causal_mask\n"
+        "    return x.softmax(dim)\n"
+        "def wrapper(x, dim=-1):\n"
+        "    return reference.softmax(x, dim)\n", reference=attention)
+    assert not calls_forbidden_reference(answers["own"], forbidden)
+    assert calls_forbidden_reference(answers["wrapper"], forbidden)

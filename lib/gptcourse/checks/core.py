@@ -20,10 +20,12 @@ lists, tuples or dicts of them, so they can cross a process boundary with
 """
 
 import copy
+import dis
 import functools
 import os
 import sys
 import traceback
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +166,12 @@ def _fmt(x: Any) -> str:
     return repr(x)
 
 
+def _type_name(x: Any) -> str:
+    """``float``, ``numpy.float32``: a type from outside the builtins says where it is from."""
+    kind = type(x)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
@@ -177,7 +185,7 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
     at = f" in {where}" if where else ""
     if isinstance(expected, torch.Tensor):
         if not isinstance(actual, torch.Tensor):
-            return f"expected a torch.Tensor{at}, got {type(actual).__name__}"
+            return f"expected a torch.Tensor{at}, got {_type_name(actual)}"
         if actual.shape != expected.shape:
             return f"shape{at}: expected {_shape(expected)}, got {_shape(actual)}"
         if expected.dtype.is_floating_point and not actual.dtype.is_floating_point:
@@ -187,7 +195,13 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
                     "(keep the dtype of the inputs: avoid creating float32 constants "
                     "with torch.tensor(...) without dtype=)")
         if not expected.dtype.is_floating_point:
-            diff = actual.to(expected.dtype) != expected
+            if actual.dtype != expected.dtype:
+                return f"dtype{at}: expected {expected.dtype}, got {actual.dtype}" + (
+                    " (a mask is True/False: compare, or use .bool())"
+                    if expected.dtype == torch.bool else
+                    " (ids, positions and counts are whole numbers: torch.long, as argmax, "
+                    "torch.arange and indexing give; a float near a whole number is not one)")
+            diff = actual != expected
         else:
             actual = actual.detach().to(expected.dtype)
             exp = expected.detach()
@@ -233,7 +247,7 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
         if isinstance(actual, torch.Tensor) and actual.numel() == 1:
             actual = actual.item()
         if not isinstance(actual, (int, float)) or isinstance(actual, bool):
-            return f"expected a number{at}, got {type(actual).__name__}"
+            return f"expected a number{at}, got {_type_name(actual)}"
         if isinstance(expected, int) and not isinstance(actual, int) and actual != expected:
             return f"expected {expected}{at}, got {_fmt(actual)}"
         rtol, atol = tolerance(torch.float64 if isinstance(expected, float) else torch.float32)
@@ -359,6 +373,51 @@ def is_course_reference(candidate: Any) -> bool:
     return module == "gptcourse" or module.startswith("gptcourse.")
 
 
+def _code_objects(code: types.CodeType):
+    """``code`` and every code object nested in it (inner functions, comprehensions)."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def calls_forbidden_reference(candidate: Any, forbidden: tuple[str, ...]) -> bool:
+    """True when the function ``candidate`` names one of the ``forbidden`` course objects:
+    ``module.attribute`` on a module it can see, ``from module import attribute`` inside
+    it, or a global alias of the object itself.
+
+    A convenience for learners, so that ``check`` says at once what grading would find;
+    grading itself blocks those objects, whatever the route to them.
+    """
+    code = getattr(candidate, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return False
+    global_values = getattr(candidate, "__globals__", {})
+    targets = []
+    for dotted in forbidden:
+        module_name, _, attribute = dotted.rpartition(".")
+        module = sys.modules.get(module_name)
+        targets.append((module_name, module, attribute, getattr(module, attribute, None)))
+
+    for inner in _code_objects(code):
+        previous = None
+        for instruction in dis.get_instructions(inner):
+            name = instruction.argval
+            for module_name, module, attribute, target in targets:
+                if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                    if target is not None and global_values.get(name) is target:
+                        return True
+                elif previous is not None and name == attribute:
+                    op, value = previous
+                    if op == "IMPORT_NAME" and value == module_name:
+                        return True
+                    if (op in ("LOAD_GLOBAL", "LOAD_NAME") and module is not None
+                            and global_values.get(value) is module):
+                        return True
+            previous = (instruction.opname, name)
+    return False
+
+
 def check(exercise_id: str, candidate: Any, hidden: bool = False) -> None:
     """Check a learner's answer in this process; print a tick or raise :class:`CheckFailed`.
 
@@ -370,6 +429,10 @@ def check(exercise_id: str, candidate: Any, hidden: bool = False) -> None:
     if is_course_reference(candidate):
         raise CheckFailed(f"{exercise.title}: this is the course's own implementation from "
                           "gptcourse; write your own version in the answer cell")
+    if calls_forbidden_reference(candidate, exercise.forbidden):
+        raise CheckFailed(f"{exercise.title}: your answer calls the course's own "
+                          "implementation of this exercise, which does not count (grading "
+                          "blocks it); write the computation yourself")
     cases = exercise.cases(hidden)
     verdict = evaluate(exercise, cases, run_cases(exercise, candidate, cases))
     if not verdict.attempted:
