@@ -91,6 +91,27 @@ def test_a_head_blind_to_part_of_the_input_is_named():
         check("MultiHeadAttention", SlicedHeads)
 
 
+def test_nan_from_a_fully_blocked_row_is_told_as_nan_not_as_a_blind_head():
+    class DiagonalBlocked(attention.MultiHeadAttention):
+        """Blocks the diagonal too, so the first token may look at nothing: NaN."""
+
+        def forward(self, x, causal=True, return_weights=False):
+            B, T, _ = x.shape
+            q, k, v = (self._split_heads(layer(x)) for layer in (self.query, self.key,
+                                                                 self.value))
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)      # (B, H, T, T)
+            if causal:
+                blocked = torch.ones(T, T, dtype=torch.bool).triu(diagonal=0)
+                scores = scores.masked_fill(blocked, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
+            y = self.out((weights @ v).transpose(1, 2).reshape(B, T, self.d_model))
+            return (y, weights) if return_weights else y
+
+    with pytest.raises(CheckFailed, match="NaN") as failure:
+        check("MultiHeadAttention", _learner(DiagonalBlocked))
+    assert "does not react" not in str(failure.value)
+
+
 def test_a_misnamed_layer_is_named():
     class Misnamed(attention.MultiHeadAttention):
         def __init__(self, d_model, n_heads, bias=True):

@@ -2,7 +2,7 @@
 
 import torch
 
-from gptcourse.checks.core import Case, Exercise, Mistake, evaluate, run_cases
+from gptcourse.checks.core import Case, Exercise, Mistake, compare_outputs, evaluate, run_cases
 
 
 def _double(x):
@@ -39,7 +39,10 @@ def test_known_mistake_is_named_and_unknown_one_gets_the_first_difference():
 
 def test_shape_dtype_and_nan_are_described():
     assert "shape: expected (2, 3), got (3, 2)" in _verdict(lambda x: 2 * x.T).message
-    assert "dtype" in _verdict(lambda x: (2 * x).double()).message
+    widened = _verdict(lambda x: (2 * x).double()).message
+    assert "expected torch.float32, got torch.float64" in widened and "widens" in widened
+    narrowed = compare_outputs(torch.ones(2, dtype=torch.float64), torch.ones(2))
+    assert "keep the dtype of the inputs" in narrowed
     assert "NaN" in _verdict(lambda x: 2 * x / (x != 0)).message
 
 

@@ -191,9 +191,13 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
         if expected.dtype.is_floating_point and not actual.dtype.is_floating_point:
             return f"dtype{at}: expected {expected.dtype}, got {actual.dtype}"
         if expected.dtype.is_floating_point and actual.dtype != expected.dtype:
-            return (f"dtype{at}: expected {expected.dtype}, got {actual.dtype} "
-                    "(keep the dtype of the inputs: avoid creating float32 constants "
-                    "with torch.tensor(...) without dtype=)")
+            wider = actual.dtype.itemsize > expected.dtype.itemsize
+            return (f"dtype{at}: expected {expected.dtype}, got {actual.dtype} " + (
+                "(a float64 tensor, from torch.tensor of Python floats with "
+                "dtype=torch.float64 or from numpy, widens everything it touches: build "
+                f"your tensors as {expected.dtype})" if wider else
+                "(keep the dtype of the inputs: avoid creating float32 constants "
+                "with torch.tensor(...) without dtype=)"))
         if not expected.dtype.is_floating_point:
             if actual.dtype != expected.dtype:
                 return f"dtype{at}: expected {expected.dtype}, got {actual.dtype}" + (

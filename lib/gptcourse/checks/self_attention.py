@@ -342,8 +342,8 @@ def _projection_visible():
     g = torch.Generator().manual_seed(331)
     return [
         _projection_case(g, "a 6-token sentence, d_model=8, d_head=4", (), 6, 8, 4),
-        _projection_case(g, "a batch of 2 sentences of 5 tokens, d_model=12, d_head=3",
-                         (2,), 5, 12, 3),
+        _projection_case(g, "a batch of 2 sentences of 5 tokens, d_model=12, d_head=3, d_v=5",
+                         (2,), 5, 12, 3, d_v=5),
     ]
 
 
@@ -360,6 +360,10 @@ def _self_attention_by_d_model(x, w_q, w_k, w_v):
     q, k, v = x @ w_q, x @ w_k, x @ w_v
     weights = ref.softmax(q @ k.transpose(-2, -1) / math.sqrt(x.size(-1)), dim=-1)
     return weights @ v, weights
+
+
+def _self_attention_by_d_v(x, w_q, w_k, w_v):
+    return _sdpa(x @ w_q, x @ w_k, x @ w_v, math.sqrt(w_v.size(-1)))
 
 
 def _self_attention_unscaled(x, w_q, w_k, w_v):
@@ -382,6 +386,8 @@ def _self_attention_swapped(x, w_q, w_k, w_v):
 _BY_D_MODEL = ("Your scores are divided by sqrt(d_model) (x.size(-1)) instead of "
                "sqrt(d_head): the scale belongs to the vectors that are multiplied, q and k, "
                "whose size is w_q.size(-1).")
+_BY_D_V = ("Your scores are divided by sqrt(d_v), the size of the values: the scale belongs "
+           "to the vectors that are multiplied, q and k, whose size is w_q.size(-1).")
 _Q_K_SWAPPED = ("Queries and keys are swapped: you project the queries with w_k and the keys "
                 "with w_q, which transposes the scores. q = x @ w_q, k = x @ w_k.")
 _VALUES_FROM_KEYS = ("Your values are made with w_k: each of q, k and v has its own "
@@ -396,6 +402,7 @@ register(Exercise(
     hidden=_projection_hidden,
     mistakes=(
         Mistake("divided by sqrt(d_model)", _BY_D_MODEL, _self_attention_by_d_model),
+        Mistake("divided by sqrt(d_v)", _BY_D_V, _self_attention_by_d_v),
         Mistake("unscaled", _UNSCALED, _self_attention_unscaled),
         Mistake("queries and keys swapped", _Q_K_SWAPPED, _self_attention_q_k_swapped),
         Mistake("values from w_k", _VALUES_FROM_KEYS, _self_attention_values_from_keys),
