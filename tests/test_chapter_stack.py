@@ -12,13 +12,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from gptcourse import attention, block, feedforward, model
 from gptcourse.checks import CheckFailed, check, get_exercise
 from gptcourse.checks import gpt_model as gpt_checks
 from gptcourse.checks import multi_head_attention as mha_checks
 from gptcourse.tolerances import assert_close
+from torch import nn
 
 
 def _loop_attention(x, state, n_heads, causal):

@@ -1,7 +1,6 @@
 """The check framework itself: verdicts, messages and the mistakes it must not make."""
 
 import torch
-
 from gptcourse.checks.core import Case, Exercise, Mistake, compare_outputs, evaluate, run_cases
 
 
@@ -94,7 +93,6 @@ def test_whole_numbers_must_stay_whole_numbers():
 
 def test_a_number_from_another_library_is_named_with_its_library():
     import numpy as np
-
     from gptcourse.checks.core import compare_outputs
 
     assert "numpy.float32" in compare_outputs(torch.tensor(1.0), np.float32(1.0))
@@ -109,7 +107,6 @@ def _learners(source: str, **namespace):
 
 def test_check_refuses_an_answer_that_calls_the_exercises_reference():
     import pytest
-
     from gptcourse.checks import CheckFailed, check
 
     wrappers = _learners(
