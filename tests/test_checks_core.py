@@ -137,3 +137,11 @@ def test_other_names_of_the_reference_module_are_not_taken_for_the_reference():
         "    return reference.softmax(x, dim)\n", reference=attention)
     assert not calls_forbidden_reference(answers["own"], forbidden)
     assert calls_forbidden_reference(answers["wrapper"], forbidden)
+
+
+def test_nan_is_no_number_that_matches():
+    from gptcourse.checks.core import compare_outputs
+
+    assert "NaN" in compare_outputs(3.0e9, float("nan"))
+    assert "NaN" in compare_outputs(2.5, torch.tensor(float("nan")))
+    assert compare_outputs(2.5, 2.5) is None

@@ -321,3 +321,53 @@ def test_the_course_and_python_cannot_be_modified(sandbox):
         for target in targets:
             if os.path.exists(target):
                 os.unlink(target)
+
+
+def test_a_forged_result_file_with_no_outcomes_scores_0(sandbox):
+    forged = ("import os, torch\n"
+              "torch.save({'outcomes': [], 'candidate': 'ok', 'cell_errors': []}, "
+              "'result.pt')\nos._exit(0)\n")
+    verdict = grade(sandbox, [forged])
+    assert verdict.score == 0.0 and "tampered" in verdict.reason
+
+
+def test_a_compressed_result_file_is_refused_before_it_is_unpacked(sandbox):
+    bomb = ("import os, zipfile, torch\n"
+            "torch.save({'outcomes': None, 'candidate': 'ok', 'cell_errors': []}, 'real.pt')\n"
+            "with zipfile.ZipFile('real.pt') as src, zipfile.ZipFile('result.pt', 'w', "
+            "zipfile.ZIP_DEFLATED) as dst:\n"
+            "    for info in src.infolist():\n"
+            "        dst.writestr(info.filename, src.read(info))\n"
+            "os._exit(0)\n")
+    verdict = grade(sandbox, [bomb])
+    assert verdict.score == 0.0 and "compressed" in verdict.reason
+
+
+def test_a_named_pipe_where_the_output_belongs_does_not_stall_grading(sandbox):
+    pipe = "import os\nos.unlink('output.txt')\nos.mkfifo('output.txt')\n"
+    assert grade(sandbox, [pipe + RIGHT]).score == 1.0
+    assert grade(sandbox, ["import os\nos.mkfifo('result.pt')\nos._exit(0)\n"]).score == 0.0
+
+
+@needs_fences
+def test_nothing_the_answer_starts_outlives_its_job_or_reaches_the_grader(sandbox):
+    marker = f"gptcourse-leftover-probe-{os.getpid()}"
+    leftover = (
+        "import subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'],"
+        " start_new_session=True)\n")
+    fork_server = sandbox._proc.pid
+    kill_server = (f"import os, signal\ntry:\n    os.kill({fork_server}, signal.SIGKILL)\n"
+                   "except OSError:\n    pass\n")
+    assert grade(sandbox, [leftover + kill_server + RIGHT]).score == 1.0
+    assert sandbox._proc.poll() is None, "learner code killed the fork server"
+
+    survivors = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    survivors.append(pid)
+        except OSError:
+            pass
+    assert not survivors, f"processes the answer started are still running: {survivors}"

@@ -22,6 +22,7 @@ lists, tuples or dicts of them, so they can cross a process boundary with
 import copy
 import dis
 import functools
+import math
 import os
 import sys
 import traceback
@@ -252,6 +253,9 @@ def compare_outputs(expected: Any, actual: Any, where: str = "") -> str | None:
             actual = actual.item()
         if not isinstance(actual, (int, float)) or isinstance(actual, bool):
             return f"expected a number{at}, got {_type_name(actual)}"
+        if math.isnan(actual) and not math.isnan(expected):
+            return (f"expected {_fmt(expected)}{at}, got NaN: look for 0/0, the log of 0 or "
+                    "a mean over nothing")
         if isinstance(expected, int) and not isinstance(actual, int) and actual != expected:
             return f"expected {expected}{at}, got {_fmt(actual)}"
         rtol, atol = tolerance(torch.float64 if isinstance(expected, float) else torch.float32)

@@ -20,7 +20,9 @@ import errno
 import logging
 import os
 import resource
+import select
 import signal
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -34,9 +36,12 @@ AUTOGRADE_UID_OFFSET = 1000
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWPID = 0x20000000
+_PR_SET_PDEATHSIG = 1
 _MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_NOEXEC = 8
 _MS_REMOUNT = 32
 _MS_BIND = 4096
 _MS_REC = 16384
@@ -204,6 +209,97 @@ def enter_namespaces(hide: list[str], network: bool = False,
             _mount("none", path, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)
     if empty is not None:
         os.unlink(empty)  # the mounts keep the file itself
+
+
+def enter_pid_namespace() -> None:
+    """Go on as the first worker of a new PID namespace, under an init that stays.
+
+    The caller forks twice: the init (pid 1 of the namespace) only waits, and the worker
+    returns from this call and goes on. When the worker ends, the init leaves with the
+    worker's status, and the kernel then kills every process left in the namespace, also
+    those started in a session of their own. The init also dies with the caller's
+    process (``PR_SET_PDEATHSIG``), so killing the caller's process group from outside
+    ends everything. Inside, no process outside the namespace can be signalled, and
+    ``/proc`` shows the namespace's processes only. Needs root, after
+    :func:`enter_namespaces` (the private mount namespace holds the new ``/proc``).
+    """
+    libc = _libc()
+    if libc.unshare(_CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    # The caller holds the write end of `alive` until it ends: the init sees end of file if
+    # the caller died before the init's death signal was set (getppid() cannot tell: across
+    # namespaces it is 0). The init reports the worker's status through `status`: a signal
+    # it sends itself would be ignored, as signals to an init from inside are.
+    alive_read, alive_write = os.pipe()
+    status_read, status_write = os.pipe()
+    init = os.fork()
+    if init != 0:
+        os.close(alive_read)
+        os.close(status_write)
+        _, own_status = os.waitpid(init, 0)
+        reported = os.read(status_read, 32)
+        _end_like(int(reported) if reported else own_status)
+    os.close(alive_write)
+    os.close(status_read)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if select.select([alive_read], [], [], 0)[0]:
+        os._exit(1)
+    os.close(alive_read)
+    worker = os.fork()
+    if worker != 0:
+        while True:  # an init also reaps the orphans handed over to it
+            done, worker_status = os.wait()
+            if done == worker:
+                break
+        os.write(status_write, str(worker_status).encode())
+        os._exit(0)
+    os.close(status_write)
+    try:
+        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+    except OSError as exc:
+        log.debug("kept the host's /proc: %s", exc)
+
+
+def _end_like(status: int) -> None:
+    """End this process as a child that ended with wait status ``status`` did."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the signal, not a core file
+        signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [number])
+        os.kill(os.getpid(), number)
+        os._exit(128 + number)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def kill_all_others() -> None:
+    """SIGKILL every process this one may signal, but itself and its namespace's init: in
+    a PID namespace of :func:`enter_pid_namespace`, whatever learner code left running."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, refusing anything else.
+
+    Learner code can leave a named pipe (whose open or read would block the grader
+    forever), a symbolic link or a device where a result file belongs: each is refused
+    with OSError, and so is a file of more than ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{os.path.basename(path)} is not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{os.path.basename(path)} is larger than {limit} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
 
 
 def drop_capabilities() -> None:

@@ -158,13 +158,19 @@ def autograde(spec: dict, timeout: float, runners: Runners | None = None) -> dic
 
     log.info("nbgrader's process for %s/%s ran %.1f s", spec["student"], spec["chapter"],
              time.perf_counter() - started)
-    text = log_path.read_text(errors="replace")
+    try:
+        text = isolation.read_regular_file(str(log_path), 1 << 20).decode("utf-8", "replace")
+    except OSError as exc:
+        text = f"nbgrader's log could not be read: {exc}"
     log_path.unlink(missing_ok=True)
     if timed_out:
         return {"status": "timed out", "detail": f"the notebook ran longer than {timeout:g} s"}
     result_path = root / "result.json"
-    if result_path.exists():
-        result = json.loads(result_path.read_text())
+    if os.path.lexists(result_path):
+        try:
+            result = json.loads(isolation.read_regular_file(str(result_path), 1 << 20))
+        except (OSError, ValueError) as exc:
+            return {"status": "failed", "detail": f"nbgrader's result was tampered with: {exc}"}
         if result.get("success"):
             return {"status": "ok", "detail": ""}
         text = (result.get("error") or "") + "\n" + (result.get("log") or "") + text
@@ -197,6 +203,7 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in its own process
     if spec.get("namespaces"):
         isolation.enter_namespaces(spec["hide"], network=True,
                                    readonly=spec.get("readonly", []))
+        isolation.enter_pid_namespace()
     if uid is not None:
         for folder, dirs, files in os.walk(root):
             for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
@@ -220,6 +227,9 @@ def _main(spec_path: str) -> int:  # pragma: no cover - runs in its own process
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config,
                       log=_quiet_log())
     result = api.autograde(spec["chapter"], spec["student"], force=True, create=True)
+    if spec.get("namespaces"):
+        # Whatever the kernel left running must not touch the results from here on.
+        isolation.kill_all_others()
     result_path = root / "result.json"
     result_path.write_text(json.dumps({k: result.get(k) for k in ("success", "error", "log")}))
     return 0

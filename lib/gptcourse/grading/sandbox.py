@@ -27,6 +27,7 @@ unpickled, and compares them with the reference itself (:func:`judge`).
 """
 
 import importlib
+import io
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import threading
 import time
 import traceback
 import types
+import zipfile
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -194,14 +196,14 @@ def _library_dirs() -> list[str]:
 
 def _read_result(work: str, reply: dict, timeout: float, limits: isolation.Limits) -> JobResult:
     path = os.path.join(work, "result.pt")
-    stderr = _tail(os.path.join(work, "output.txt"))
+    stderr = _tail(os.path.join(work, "output.txt"), limits.file_bytes)
     if reply.get("timed_out"):
         return JobResult(failure=f"timed out: the answer cells and checks ran longer than "
                                  f"{timeout:g} s")
     if reply.get("signal") == signal.SIGXCPU or (reply.get("signal") == signal.SIGKILL
                                                  and "CPU" in stderr):
         return JobResult(failure=f"timed out: used more than {limits.cpu_seconds} s of CPU")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         if reply.get("signal") == signal.SIGKILL:
             return JobResult(failure="kernel died: the process was killed (out of memory?)")
         if reply.get("signal"):
@@ -214,9 +216,7 @@ def _read_result(work: str, reply: dict, timeout: float, limits: isolation.Limit
                                  f"{reply.get('code')}, e.g. os._exit or a crash) before the "
                                  "checks ran")
     try:
-        if os.path.getsize(path) > limits.file_bytes:
-            raise ValueError("result too large")
-        data = torch.load(path, weights_only=True)
+        data = _load_result(isolation.read_regular_file(path, limits.file_bytes))
         outcomes = [Outcome(value=o["value"], error=o["error"],
                             not_implemented=bool(o["not_implemented"]))
                     for o in data["outcomes"]] if data["outcomes"] is not None else None
@@ -227,11 +227,20 @@ def _read_result(work: str, reply: dict, timeout: float, limits: isolation.Limit
                                  f"{type(exc).__name__}: {exc}"[:300])
 
 
-def _tail(path: str, size: int = 4000) -> str:
+def _load_result(raw: bytes):
+    """``torch.load`` of a result file that holds only what ``torch.save`` writes: stored,
+    uncompressed records. A compressed record could unpack to far more memory than the file
+    takes on disk."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
+            raise ValueError("the result file holds compressed records, which torch.save "
+                             "never writes")
+    return torch.load(io.BytesIO(raw), weights_only=True)
+
+
+def _tail(path: str, limit: int, size: int = 4000) -> str:
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - size))
-            return f.read().decode("utf-8", "replace")
+        return isolation.read_regular_file(path, limit)[-size:].decode("utf-8", "replace")
     except OSError:
         return ""
 
@@ -252,6 +261,10 @@ def judge(exercise: Exercise, cases: list[Case], result: JobResult,
                   f"the answer cells{first_error}")
         return Judgement(0.0, points, ("out of memory: " if out_of_memory else "") + reason)
 
+    if len(result.outcomes) != len(cases):
+        return Judgement(0.0, points, f"the answer's results were tampered with: "
+                                      f"{len(result.outcomes)} outcomes for {len(cases)} "
+                                      "checks")
     verdict = evaluate(exercise, cases, result.outcomes)
     if verdict.passed:
         return Judgement(points, points, verdict.message)
@@ -332,8 +345,8 @@ def _fork_and_wait(request: dict) -> dict:
         _, status = os.waitpid(pid, 0)
     if request.get("uid") is not None:
         isolation.kill_uid(request["uid"])
-    # TODO(no pid namespace yet): without a separate uid, a process the learner started in
-    # a session of its own survives the process-group kill (its CPU time stays limited).
+    # Without namespaces (not root, or not Linux) and without a separate uid, a process the
+    # learner started in a session of its own survives this (its CPU time stays limited).
     return {"timed_out": timed_out,
             "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
@@ -429,11 +442,12 @@ def _child(request: dict) -> int:  # pragma: no cover - runs in the forked child
         importlib.import_module(job["module"])
     exercise = get_exercise(job["exercise"])
     cases = [Case(label, tuple(args), dict(kwargs)) for label, args, kwargs in job["cases"]]
-    save = torch.save
+    save, kill_all_others = torch.save, isolation.kill_all_others
 
     uid = request["uid"]
     if request["namespaces"]:
         isolation.enter_namespaces(request["hide"], readonly=request["readonly"])
+        isolation.enter_pid_namespace()
     if uid is not None:
         os.chown(work, uid, uid)
         os.chown(os.path.join(work, "output.txt"), uid, uid)
@@ -480,6 +494,8 @@ def _child(request: dict) -> int:  # pragma: no cover - runs in the forked child
         except BaseException as exc:  # a KeyboardInterrupt raised from inside a case
             outcomes = [{"value": None, "error": f"{type(exc).__name__}: {exc}"[:500],
                          "not_implemented": False} for _ in cases]
+    if request["namespaces"]:
+        kill_all_others()    # nothing the answer started may touch the result below
     save({"outcomes": outcomes, "candidate": state, "cell_errors": cell_errors},
          os.path.join(work, "result.pt"))
     return 0
