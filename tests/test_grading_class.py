@@ -165,3 +165,23 @@ def test_help_and_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["grade", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
     assert "no submissions" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_chapters_solution_gets_full_marks_in_the_sandbox(tmp_path):
+    # The solution notebooks as one learner's submissions: every answer is the learner's own
+    # code, so blocking the course's references must not cost a single point.
+    subs, out = tmp_path / "submitted", tmp_path / "report"
+    for notebook in sorted((submissions.REPO / "solutions").glob("*/*.ipynb")):
+        target = subs / "sol" / notebook.parent.name
+        target.mkdir(parents=True)
+        target.joinpath(notebook.name).write_bytes(notebook.read_bytes())
+    assert main(["grade", str(subs), str(out), "--db", f"sqlite:///{out / 'gradebook.db'}",
+                 "--timeout", "120", "--no-autograde", "--no-feedback"]) == 0
+    with open(out / "grades.csv") as f:
+        rows = list(csv.DictReader(f))
+    chapters = {row["chapter"] for row in rows}
+    assert len(chapters) == len(list(subs.joinpath("sol").iterdir()))
+    short = [f"{r['chapter']}/{r['exercise']}: {r['reason']}" for r in rows
+             if float(r["score"]) != float(r["max_score"])]
+    assert not short, short

@@ -47,7 +47,7 @@ def sandbox(gradebook):
 def grade(sandbox, cells, exercise_id="mean_squared_error"):
     exercise = get_exercise(exercise_id)
     cases = exercise.cases() + exercise.cases(hidden=True)
-    job = Job(exercise_id, list(cells), cases, exercise.forbidden, exercise.visible.__module__)
+    job = Job(exercise_id, list(cells), cases, exercise.blocked, exercise.visible.__module__)
     return judge(exercise, cases, sandbox.run(job), 1.0)
 
 

@@ -157,6 +157,13 @@ class Exercise:
     def cases(self, hidden: bool = False) -> list[Case]:
         return self.hidden() if hidden else self.visible()
 
+    @property
+    def blocked(self) -> tuple[str, ...]:
+        """``forbidden`` and the reference itself: what grading blocks for this exercise."""
+        name = f"{self.reference.__module__}.{self.reference.__qualname__}"
+        own = () if "<" in name or name in self.forbidden else (name,)
+        return self.forbidden + own
+
     def differ(self, expected: Any, actual: Any) -> str | None:
         return (self.compare or compare_outputs)(expected, actual)
 
@@ -437,7 +444,7 @@ def check(exercise_id: str, candidate: Any, hidden: bool = False) -> None:
     if is_course_reference(candidate):
         raise CheckFailed(f"{exercise.title}: this is the course's own implementation from "
                           "gptcourse; write your own version in the answer cell")
-    if calls_forbidden_reference(candidate, exercise.forbidden):
+    if calls_forbidden_reference(candidate, exercise.blocked):
         raise CheckFailed(f"{exercise.title}: your answer calls the course's own "
                           "implementation of this exercise, which does not count (grading "
                           "blocks it); write the computation yourself")

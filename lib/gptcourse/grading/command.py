@@ -273,7 +273,7 @@ def grade_submission(settings: Settings, chapter: Chapter, student: str, sandbox
                 reasons[ex.id] = cells.problems[ex.id]
                 continue
             registered, cases = chapter.checks[ex.id]
-            job = Job(ex.id, cells.programs[ex.id], cases, registered.forbidden,
+            job = Job(ex.id, cells.programs[ex.id], cases, registered.blocked,
                       registered.visible.__module__)
             verdict = judge(registered, cases, sandbox.run(job), ex.points)
             scores[ex.id] = verdict.score

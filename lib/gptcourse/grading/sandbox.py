@@ -14,7 +14,7 @@ from a clean interpreter at the cost of a fork. The child
    directory and an environment without the instructor's variables, and drops to an
    unprivileged uid (as root; when Python itself is not readable by other users, it stays
    root but gives up every capability, so the covers cannot be unmounted);
-5. replaces the course's own implementation of this exercise (``Exercise.forbidden``) by a
+5. replaces the course's own implementation of this exercise (``Exercise.blocked``) by a
    function that raises, everywhere it is referenced;
 6. runs the standard preamble and every answer cell, each in its own try/except, looks up
    the learner's object named like the exercise, applies it to the cases with
