@@ -185,3 +185,21 @@ def test_every_chapters_solution_gets_full_marks_in_the_sandbox(tmp_path):
     short = [f"{r['chapter']}/{r['exercise']}: {r['reason']}" for r in rows
              if float(r["score"]) != float(r["max_score"])]
     assert not short, short
+
+
+def test_linked_submissions_are_refused_without_reading_what_they_point_to(tmp_path):
+    secret = tmp_path / "instructor-only.txt"
+    secret.write_text("root:the-secret-line")
+    subs, out = tmp_path / "submitted", tmp_path / "report"
+    submissions.write(submissions.with_answer(RIGHT), subs, "ada")
+    (subs / "hal").mkdir()
+    (subs / "hal" / CHAPTER).symlink_to(subs / "ada" / CHAPTER)         # borrows ada's work
+    (subs / "lee" / CHAPTER).mkdir(parents=True)
+    (subs / "lee" / CHAPTER / submissions.SOURCE.name).symlink_to(secret)
+    assert grade(subs, out, "--no-autograde", "--no-feedback") == 0
+    rows = read_csv(out / "grades.csv")
+    assert float(rows["ada"]["score"]) == 1.0
+    for student in ("hal", "lee"):
+        assert float(rows[student]["score"]) == 0.0
+        assert "symbolic link" in rows[student]["reason"]
+    assert "the-secret-line" not in (out / "grades.csv").read_text()

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import gptcourse
 from gptcourse.grading import isolation
 from gptcourse.grading.structure import (
     GradedExercise,
@@ -143,6 +144,11 @@ def _settings(args: argparse.Namespace) -> Settings:
             hide.append(str(root / course[key]))
     if db_url.startswith("sqlite:///"):
         hide.append(db_url[len("sqlite:///"):])
+    # The course's history holds the solutions too, and so does the checkout the library
+    # was installed from, when that is another clone.
+    library_checkout = Path(gptcourse.__file__).resolve().parents[2]
+    hide += [str(root / ".git"), str(library_checkout / ".git"),
+             str(library_checkout / source_dir)]
     return Settings(root=root, source_dir=source_dir,
                     course_id=course.get("course_id", "gptcourse"),
                     submissions=args.submissions.resolve(), output=output, db_url=db_url,
@@ -246,7 +252,13 @@ def grade_submission(settings: Settings, chapter: Chapter, student: str, sandbox
     scores: dict[str, float] = {}
     notebook = None
     status = "skipped"
-    if not path.exists():
+    linked = next((p for p in (folder.parent, folder, path) if p.is_symlink()), None)
+    if linked is not None:
+        # A link could lend this learner another's work, or make the grader read any file.
+        problem = (f"invalid notebook: {linked.relative_to(settings.submissions)} is a "
+                   "symbolic link; submit the notebook file itself")
+        reasons = {ex.id: problem for ex in chapter.exercises}
+    elif not path.exists():
         present = sorted(p.name for p in folder.glob("*.ipynb"))
         problem = (f"missing notebook: no {chapter.stem}.ipynb in {student}/{chapter.name}"
                    f" (found: {', '.join(present) or 'nothing'})")
