@@ -106,7 +106,7 @@ def test_leak_layers_look_ahead_exactly_when_their_jacobian_says_so(kind):
     depends = jacobian.abs().sum(dim=(0, 2, 3, 5)) > 0               # (T_out, T_in)
     looks_ahead = bool(depends.triu(diagonal=1).any())
     expected_leaky = kind in {"no mask", "after softmax", "transposed", "peeks one ahead",
-                              "first sees second"}
+                              "first sees second", "fourth sees fifth"}
     assert looks_ahead == expected_leaky
     assert get_exercise("leaks").reference(layer, x) == expected_leaky
 
@@ -258,3 +258,28 @@ def test_nan_in_the_same_places_matches_only_a_wrong_variant():
     correct = torch.tensor([[0.5, 0.5], [0.0, 0.0]])
     assert "NaN" in compare_allowing_nan(correct, with_nan)
     assert compare_allowing_nan(correct, with_nan) == compare_outputs(correct, with_nan)
+
+
+def test_a_leak_test_that_looks_only_at_position_0_is_told_so():
+    @_learner
+    def leaks(attend, x):
+        changed = x.clone()
+        changed[:, 1:] = torch.randn_like(changed[:, 1:])
+        return not torch.allclose(attend(x)[:, :1], attend(changed)[:, :1])
+
+    for hidden in (False, True):
+        with pytest.raises(CheckFailed, match="only looks at the output of position 0"):
+            check("leaks", leaks, hidden=hidden)
+
+
+def test_uniform_weights_on_a_fully_blocked_row_are_told_to_be_zero():
+    @_learner
+    def masked_attention(q, k, v, mask):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + mask
+        weights = torch.softmax(scores, dim=-1).nan_to_num(1.0 / scores.size(-1))
+        return weights @ v, weights
+
+    with pytest.raises(CheckFailed) as failure:
+        check("masked_attention", masked_attention)
+    message = str(failure.value)
+    assert "all-zero weights" in message and "You block with" not in message, message

@@ -196,3 +196,206 @@ def test_mask_tokens_that_changes_idx_in_place_errors_clearly():
 
     with pytest.raises(CheckFailed, match="in place"):
         check("mask_tokens", mask_tokens)
+
+
+# ---- chapter 10: the torchrun script and its comparison --------------------------------------
+
+
+def test_ddp_step_that_gives_every_replica_the_whole_batch_is_named():
+    import copy
+
+    def ddp_step(model, x, y, world_size, lr):
+        replicas = [copy.deepcopy(model) for _ in range(world_size)]
+        grads = []
+        for replica in replicas:
+            F.cross_entropy(replica(x), y).backward()
+            grads.append([p.grad for p in replica.parameters()])
+        mean = [torch.stack(g).mean(0) for g in zip(*grads)]
+        with torch.no_grad():
+            for replica in replicas:
+                for p, g in zip(replica.parameters(), mean):
+                    p -= lr * g
+        return [list(replica.parameters()) for replica in replicas]
+
+    _fails_naming("ddp_step", ddp_step, ["whole batch", "shard"])
+
+
+def test_shard_batch_without_value_error_names_it_in_one_line():
+    def shard_batch(x, y, rank, world_size):
+        b = x.shape[0] // world_size
+        return x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b]
+
+    with pytest.raises(CheckFailed) as failure:
+        check("shard_batch", shard_batch)
+    message = str(failure.value)
+    assert "raise ValueError" in message and "\n" not in message and "tensor(" not in message
+
+
+def _notebook_script(chapter, grade_id):
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "solutions" / chapter
+    for path in folder.glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["metadata"].get("nbgrader", {}).get("grade_id") == grade_id:
+                return "".join(cell["source"]).split("\n", 1)[1]  # without %%writefile
+    raise LookupError(grade_id)
+
+
+def test_ddp_script_gives_every_setting_the_comparison_uses(tmp_path):
+    from gptcourse.checks.data_parallel import DDP_SCRIPT_SETTINGS, script_settings
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_notebook_script("10-data-parallel", "ddp_train_script"))
+    given = script_settings(script)
+    assert {k: given.get(k) for k in DDP_SCRIPT_SETTINGS} == DDP_SCRIPT_SETTINGS
+
+
+def _ddp_states(settings, data, vocab_size, optimizer="sgd"):
+    """The weights one process holds after the script's first step with ``settings``."""
+    from gptcourse.checks.data_parallel import single_process_step
+
+    if optimizer == "sgd":
+        return single_process_step(data, vocab_size, settings)[1]
+    from gptcourse.model import GPT, GPTConfig
+    from gptcourse.training import get_batch
+
+    torch.manual_seed(settings["MODEL_SEED"])
+    model = GPT(GPTConfig(vocab_size=vocab_size, context_length=settings["CONTEXT_LENGTH"],
+                          d_model=settings["D_MODEL"], n_heads=settings["N_HEADS"],
+                          n_layers=settings["N_LAYERS"]))
+    adam = torch.optim.AdamW(model.parameters(), lr=settings["LR"])
+    x, y = get_batch(data, settings["GLOBAL_BATCH"], settings["CONTEXT_LENGTH"],
+                     generator=torch.Generator().manual_seed(settings["BATCH_SEED"]))
+    model(x, y)[1].backward()
+    adam.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"MODEL_SEED": 1}, ["starting weights", "MODEL_SEED"]),
+    ({"BATCH_SEED": 0}, ["batch", "BATCH_SEED"]),
+    ({"LR": 0.1}, ["0.333 times", "lr=LR"]),
+    ({"D_MODEL": 16, "N_LAYERS": 1}, ["model differs", "d_model=D_MODEL"]),
+    ({"optimizer": "adamw"}, ["Adam", "SGD"]),
+])
+def test_ddp_run_problem_names_the_setting_that_differs(change, words):
+    from gptcourse.checks import data_parallel as dp
+
+    data = torch.randint(0, 20, (2_000,), generator=torch.Generator().manual_seed(0))
+    initial, expected = dp.single_process_step(data, 20)
+    settings = {**dp.DDP_SCRIPT_SETTINGS, **change}
+    saved = _ddp_states(settings, data, 20, settings.pop("optimizer", "sgd"))
+    assert dp.ddp_run_problem([expected, expected], initial, expected) is None
+    problem = dp.ddp_run_problem([saved, saved], initial, expected)
+    assert problem is not None and all(w in problem for w in words), problem
+
+
+def test_ddp_run_problem_names_unsynchronised_ranks_and_wrong_saves():
+    from gptcourse.checks.data_parallel import ddp_run_problem, single_process_step
+
+    data = torch.randint(0, 20, (2_000,), generator=torch.Generator().manual_seed(0))
+    initial, expected = single_process_step(data, 20)
+    assert "DDP(model)" in ddp_run_problem([expected, initial], initial, expected)
+    assert "initial ones" in ddp_run_problem([initial, initial], initial, expected)
+    wrapped = {f"module.{k}": v for k, v in expected.items()}
+    assert "model.module.state_dict()" in ddp_run_problem([wrapped] * 2, initial, expected)
+
+
+def test_check_ddp_run_names_a_default_sized_model_and_changed_constants(tmp_path, corpus_path,
+                                                                       monkeypatch):
+    from gptcourse.checks.data_parallel import check_ddp_run
+    from gptcourse.model import GPT, GPTConfig
+
+    monkeypatch.setenv("GPTCOURSE_CORPUS", str(corpus_path))
+    torch.manual_seed(0)
+    state = GPT(GPTConfig(vocab_size=66, context_length=32)).state_dict()
+    for rank in range(2):
+        torch.save(state, tmp_path / f"step1_rank{rank}.pt")
+    script = tmp_path / "ddp_train.py"
+    script.write_text("GLOBAL_BATCH, CONTEXT_LENGTH, LR = 16, 32, 0.1\n")
+    with pytest.raises(CheckFailed) as failure:
+        check_ddp_run(tmp_path, script)
+    message = str(failure.value)
+    assert "model differs" in message and "LR = 0.1 (given: 0.3)" in message, message
+
+
+# ---- chapters 11 and 12: messages in the words of the exercise ---------------------------------
+
+
+def test_bpe_messages_speak_of_merges_pairs_and_tokens():
+    def get_pair_counts(ids):
+        counts, i = {}, 0
+        while i < len(ids) - 1:  # skips the second (a, a) of "aaa"
+            pair = (ids[i], ids[i + 1])
+            counts[pair] = counts.get(pair, 0) + 1
+            i += 2 if ids[i] == ids[i + 1] else 1
+        return counts
+
+    def train_bpe(text, vocab_size):
+        ids, merges = list(text.encode("utf-8")), []
+        for i in range(vocab_size - 256):
+            counts = Counter(zip(ids, ids[1:]))
+            if not counts:
+                break
+            pair = min(counts, key=lambda p: (-counts[p], p))
+            out, j = [], 0
+            while j < len(ids):
+                if tuple(ids[j:j + 2]) == pair:
+                    out.append(257 + i)  # one too high
+                    j += 2
+                else:
+                    out.append(ids[j])
+                    j += 1
+            ids = out
+            merges.append(pair)
+        return merges
+
+    def encode(text, merges):
+        ids = list(text.encode("utf-8"))
+        for i, pair in enumerate(merges):
+            if tuple(pair) != (98, 99):  # the second merge of 'abcbc' is forgotten
+                out, j = [], 0
+                while j < len(ids):
+                    if tuple(ids[j:j + 2]) == tuple(pair):
+                        out.append(256 + i)
+                        j += 2
+                    else:
+                        out.append(ids[j])
+                        j += 1
+                ids = out
+        return ids
+
+    for exercise_id, answer, words in [
+            ("get_pair_counts", get_pair_counts, "pair (97, 97): expected count 4, got 2"),
+            ("train_bpe", train_bpe, "merge 2 (token 258): expected (256, 257), got (257, 258)"),
+            ("encode", encode, "token ids differ from position")]:
+        with pytest.raises(CheckFailed) as failure:
+            check(exercise_id, answer)
+        assert words in str(failure.value), str(failure.value)
+        assert " in item " not in str(failure.value)
+
+
+def test_decoding_without_replace_is_named():
+    def decode(ids, merges):
+        vocab = [bytes([b]) for b in range(256)]
+        for a, b in merges:
+            vocab.append(vocab[a] + vocab[b])
+        return b"".join(vocab[i] for i in ids).decode("utf-8")
+
+    _fails_naming("decode", decode, ["errors='replace'", "UnicodeDecodeError"])
+
+
+def test_mask_tokens_with_an_integer_mask_is_named():
+    def mask_tokens(idx, mask_prob, mask_id, vocab_size, generator=None):
+        mask = torch.rand(idx.shape, generator=generator) < mask_prob
+        action = torch.rand(idx.shape, generator=generator)
+        random_ids = torch.randint(0, vocab_size, idx.shape, generator=generator)
+        inputs = idx.clone()
+        inputs[mask & (action < 0.8)] = mask_id
+        randomised = mask & (action >= 0.8) & (action < 0.9)
+        inputs[randomised] = random_ids[randomised]
+        return inputs, mask.int()
+
+    _fails_naming("mask_tokens", mask_tokens, ["not booleans", "torch.bool"])

@@ -182,3 +182,26 @@ def test_each_mistake_is_recognised_as_itself(exercise_id):
             verdict = evaluate(exercise, cases, run_cases(exercise, mistake.variant, cases))
             assert not verdict.passed
             assert verdict.mistake == mistake.name, (mistake.name, verdict.message)
+
+
+@pytest.mark.filterwarnings("ignore:The use of `x.T`")
+def test_learner_style_mistakes_of_chapter_01_fail_on_the_visible_cases():
+    def cosine_by_matmul(a, b):
+        return (a @ b.T) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+    def excluded_scored_0(query, table, k, exclude=()):
+        scores = emb_checks.cosine_similarity(query, table).clone()
+        scores[list(exclude)] = 0.0
+        return scores.topk(k).indices
+
+    def analogy_of_unit_vectors(table, a, b, c, k=1):
+        unit = F.normalize(table, dim=-1)
+        return emb_checks.nearest_neighbours(unit[b] - unit[a] + unit[c], table, k,
+                                             exclude=(a, b, c))
+
+    for exercise_id, answer, message in [
+            ("cosine_similarity", cosine_by_matmul, "matrix product"),
+            ("nearest_neighbours", excluded_scored_0, "similarity of 0"),
+            ("analogy", analogy_of_unit_vectors, "normalised the vectors")]:
+        with pytest.raises(CheckFailed, match=message):
+            check(exercise_id, _learner(answer))

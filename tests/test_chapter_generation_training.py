@@ -68,6 +68,8 @@ def test_chapter_loop_matches_the_library_within_the_context():
 
 def test_generate_cases_end_rows_at_different_steps():
     for case in gen_checks._generate_visible() + gen_checks._generate_hidden():
+        if "sampling" in case.kwargs:
+            continue
         out = gen_checks._run_generate(gen_checks.generate, case)
         eos = case.kwargs["eos_id"]
         if eos is None:
@@ -130,12 +132,90 @@ def test_kv_cache_that_appends_twice_is_named():
     _fails_with("cached_attention_step", cached_step, "appended twice")
 
 
+def test_kv_cache_that_concatenates_the_new_key_twice_is_named():
+    def cached_step(x_new, w_q, w_k, w_v, cache=None):
+        q, k, v = x_new @ w_q, x_new @ w_k, x_new @ w_v
+        if cache is not None:
+            k, v = torch.cat([cache[0], k, k], dim=1), torch.cat([cache[1], v, v], dim=1)
+        return F.softmax(q @ k.mT / math.sqrt(q.shape[-1]), -1) @ v, (k, v)
+
+    _fails_with("cached_attention_step", cached_step, "appended twice")
+
+
+def _learner_loop(pick):
+    """A generation loop written the learner's way, choosing each token with ``pick``."""
+    @torch.no_grad()
+    def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 eos_id=None, generator=None):
+        done = torch.zeros(len(idx), dtype=torch.bool)
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -model.config.context_length:])
+            nxt = pick(logits[:, -1], temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done, eos_id)
+                done |= nxt == eos_id
+            idx = torch.cat([idx, nxt[:, None]], 1)
+            if eos_id is not None and done.all():
+                break
+        return idx
+    return generate
+
+
+def test_a_loop_that_samples_another_valid_way_passes():
+    def pick(last, temperature, top_k, top_p, generator):
+        if temperature == 0:
+            return last.argmax(-1)
+        return _learner_sampler(last, temperature, top_k, top_p, generator)
+
+    check("generate", _learner_loop(pick))
+    check("generate", _learner_loop(pick), hidden=True)
+
+
+def test_a_loop_that_always_takes_the_argmax_is_named():
+    _fails_with("generate", _learner_loop(lambda last, *settings: last.argmax(-1)),
+                "You always take the most likely token")
+
+
+def test_a_loop_that_samples_without_the_filters_says_which_token():
+    def pick(last, temperature, top_k, top_p, generator):
+        if temperature == 0:
+            return last.argmax(-1)
+        probs = F.softmax(last / temperature, -1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    _fails_with("generate", _learner_loop(pick), "which temperature=1.5, top_k=3 removes")
+
+
+def test_a_sampler_that_reseeds_itself_is_caught():
+    def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        torch.manual_seed(0)                                  # the generator is ignored
+        return _learner_sampler(logits, temperature, top_k, top_p)
+
+    _fails_with("sample_next", sample_next, "different seeds drew the very same tokens")
+
+
+def test_a_top_k_filled_with_a_large_finite_number_is_named():
+    def top_k_filter(logits, k):
+        kth = logits.topk(k, -1).values[..., -1:]
+        return logits.masked_fill(logits < kth, -1e9)
+
+    _fails_with("top_k_filter", top_k_filter, "large finite number instead of -inf")
+
+
+def test_greedy_over_dim_1_fails_the_visible_check():
+    _fails_with("greedy", lambda logits: logits.argmax(dim=1), "wrong dimension")
+
+
 def test_generation_that_ignores_finished_rows_is_named():
     def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  eos_id=None, generator=None):
         for _ in range(max_new_tokens):
             logits, _ = model(idx[:, -model.config.context_length:])
-            next_id = logits[:, -1].argmax(-1, keepdim=True)
+            if temperature == 0:
+                next_id = logits[:, -1].argmax(-1, keepdim=True)
+            else:
+                next_id = _learner_sampler(logits[:, -1], temperature, top_k, top_p,
+                                           generator)[:, None]
             idx = torch.cat([idx, next_id], 1)
             if eos_id is not None and (idx == eos_id).any(1).all():
                 break
@@ -186,6 +266,44 @@ def test_segments_past_the_end_are_named():
     _fails_with("get_batch", get_batch, "reach past the end")
 
 
+def test_targets_two_tokens_ahead_are_named_not_blamed_on_the_bound():
+    _fails_with("get_batch", lambda d, b, t, generator=None: _slices_batch(d, b, t, generator,
+                                                                            shift=2),
+                "two tokens ahead")
+
+
+def test_rolled_targets_are_named():
+    def get_batch(data, batch_size, context_length, generator=None):
+        x, _ = _slices_batch(data, batch_size, context_length, generator)
+        return x, x.roll(-1, dims=1)
+
+    _fails_with("get_batch", get_batch, "rolling x")
+
+
+def test_batch_messages_speak_of_x_and_y_not_of_summaries():
+    def get_batch(data, batch_size, context_length, generator=None):
+        starts = torch.arange(batch_size) % (len(data) - context_length)
+        x = torch.stack([data[s:s + context_length] for s in starts.tolist()])
+        return x.float(), (x + 3).float()
+
+    with pytest.raises(CheckFailed) as info:
+        check("get_batch", get_batch)
+    message = str(info.value)
+    assert "x[b, t] + 3" in message and "keys" not in message and "shift'" not in message
+
+
+def test_batches_that_ignore_the_generator_or_the_dtype_are_named():
+    def unseeded(data, batch_size, context_length, generator=None):
+        return _slices_batch(data, batch_size, context_length)
+
+    def as_floats(data, batch_size, context_length, generator=None):
+        x, y = _slices_batch(data, batch_size, context_length, generator)
+        return x.float(), y.float()
+
+    _fails_with("get_batch", unseeded, "ignore the generator")
+    _fails_with("get_batch", as_floats, "not int64 token ids")
+
+
 def test_one_pass_losses_equal_per_prefix_losses():
     model = _tiny_model(2).eval()
     g = torch.Generator().manual_seed(0)
@@ -224,6 +342,17 @@ def test_train_step_lowers_the_loss_and_missing_zero_grad_is_named():
     _fails_with("train_step", accumulating, "gradients accumulate")
 
 
+def test_train_step_without_optimizer_step_is_named():
+    def no_step(model, optimizer, x, y):
+        model.train()
+        optimizer.zero_grad()
+        _, loss = model(x, y)
+        loss.backward()
+        return loss.item()
+
+    _fails_with("train_step", no_step, "Your weights never change")
+
+
 def test_evaluation_without_eval_mode_is_named():
     def evaluate_loss(model, batches):
         with torch.no_grad():
@@ -232,16 +361,58 @@ def test_evaluation_without_eval_mode_is_named():
     _fails_with("evaluate_loss", evaluate_loss, "Dropout was active")
 
 
-def test_a_loop_that_does_not_train_fails_with_the_loss_it_reached():
+def _learner_train(batch_of, record=True, first_step=1):
+    """A training loop written the learner's way; ``batch_of(train_data, val_data)`` says
+    which split each step trains on."""
     def train(model, optimizer, train_data, val_data, steps, batch_size, eval_every,
               eval_batches=10, generator=None, progress=True):
-        return {"steps": [], "train_loss": [], "val_loss": [], "iter_loss": []}
+        T = model.config.context_length
+        history = {"steps": [], "train_loss": [], "val_loss": [], "iter_loss": []}
+        for step in range(first_step, steps + 1):
+            x, y = _learner_batch(batch_of(train_data, val_data), batch_size, T,
+                                         generator)
+            history["iter_loss"].append(train_checks.train_step(model, optimizer, x, y))
+            if record and (step % eval_every == 0 or step == steps):
+                history["steps"].append(step)
+                for key, split in (("train_loss", train_data), ("val_loss", val_data)):
+                    batches = [_learner_batch(split, batch_size, T, generator)
+                               for _ in range(eval_batches)]
+                    history[key].append(train_checks.evaluate_loss(model, batches))
+        return history
+    return train
 
-    with pytest.raises(CheckFailed, match="validation loss is 3"):
-        check("train", train)
+
+def _learner_batch(data, batch_size, context_length, generator=None):
+    return _slices_batch(data, batch_size, context_length, generator)
+
+
+def test_a_loop_written_another_way_passes():
+    check("train", _learner_train(lambda train_data, val_data: train_data))
+
+
+def test_a_loop_that_does_not_train_fails_with_the_loss_it_reached():
+    fixed = {}
+
+    def one_batch(train_data, val_data):
+        fixed.setdefault("data", train_data[:17])              # 16 tokens and a target
+        return fixed["data"]
+
+    with pytest.raises(CheckFailed, match="on train_data it should be below"):
+        check("train", _learner_train(one_batch))
+
+
+def test_a_loop_that_never_evaluates_is_named():
+    _fails_with("train", _learner_train(lambda t, v: t, record=False), "never evaluates")
+
+
+def test_a_loop_that_trains_on_the_validation_split_is_named():
+    _fails_with("train", _learner_train(lambda t, v: v), "You train on the validation split")
 
 
 def test_the_course_loop_trains_the_tiny_corpus_well_below_guessing():
     exercise = get_exercise("train")
     result = exercise.run(exercise.reference, exercise.cases()[0])
-    assert result["val_loss"] < result["threshold"] < result["chance"] - 1.5
+    assert result["train_loss"] < result["threshold"] < result["chance"] - 1.5
+    assert result["val_loss"] > result["train_loss"] + 2     # the reversed text is unlearnt
+    assert result["eval_steps"] == [40, 80, 120, 150]
+    assert result["steps_taken"] == 150

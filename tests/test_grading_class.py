@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from attacks import submissions
@@ -105,22 +106,28 @@ def test_nbgrader_runs_too_and_feedback_hides_the_hidden_tests(tmp_path):
     warns = submissions.with_answer(
         "import warnings\nwarnings.warn('torch says something')\n" + RIGHT)
     submissions.write(warns, subs, "kit")
+    snoop = submissions.with_answer(RIGHT)   # prints every cell the kernel ran, disguised
+    snoop.cells.append(nbformat.v4.new_code_cell(
+        "print([s.replace('HIDDEN', 'X' * 3 + 'MARK') for s in In\n"
+        "       if s.startswith('from gptcourse.checks')])"))
+    submissions.write(snoop, subs, "ivy")
 
     assert grade(subs, out, "--cell-timeout", "20", "--notebook-timeout", "60", "--jobs", "2") == 0
     rows = read_csv(out / "grades.csv")
     assert {s: float(r["score"]) for s, r in rows.items()} == {
-        "ada": 1, "cem": 0, "hal": 0, "kit": 1}
+        "ada": 1, "cem": 0, "hal": 0, "kit": 1, "ivy": 1}
     assert rows["hal"]["autograde"].startswith("timed out")
     assert rows["ada"]["autograde"] == "ok"
     assert rows["kit"]["autograde"] == "ok"  # a warning in a check cell costs nothing
     assert rows["cem"]["autograde"].startswith(("kernel died", "failed"))
     assert (out / "autograded" / "ada" / CHAPTER / submissions.SOURCE.name).exists()
 
-    for student in ("ada", "cem", "hal", "kit"):
+    for student in ("ada", "cem", "hal", "kit", "ivy"):
         html = (out / "feedback" / student / CHAPTER /
                 f"{submissions.SOURCE.stem}.html").read_text()
         assert "Your grade" in html
         assert "hidden=True" not in html and "HIDDEN TESTS" not in html
+        assert "XXXMARK" not in html
     ada = (out / "feedback" / "ada" / CHAPTER / f"{submissions.SOURCE.stem}.html").read_text()
     assert "1 of 1 points" in ada
 

@@ -1,7 +1,7 @@
 """Checks for the subword tokens chapter (12-bpe): byte-pair encoding on UTF-8 bytes."""
 
 from gptcourse import bpe as ref
-from gptcourse.checks import Case, Exercise, Mistake, register
+from gptcourse.checks import Case, Exercise, Mistake, compare_outputs, register
 
 CHAPTER = "12-bpe"
 
@@ -25,6 +25,28 @@ def _as_list(ids):
     return [int(i) for i in ids]
 
 
+def _short(ids, around=0, width=12):
+    """A list of ids for a message: whole when short, else a window around ``around``."""
+    if len(ids) <= width:
+        return str(list(ids))
+    start = max(0, min(around - width // 2, len(ids) - width))
+    inner = ", ".join(str(i) for i in ids[start:start + width])
+    return (f"[{'..., ' if start else ''}{inner}"
+            f"{', ...' if start + width < len(ids) else ''}] ({len(ids)} ids)")
+
+
+def _compare_ids(expected, actual):
+    """Token id lists, compared as tokens: where the first one differs, and both lists."""
+    if not isinstance(actual, list) or not isinstance(expected, list):
+        return compare_outputs(expected, actual)
+    if actual == expected:
+        return None
+    i = next((i for i, (e, a) in enumerate(zip(expected, actual)) if e != a),
+             min(len(expected), len(actual)))
+    return (f"token ids differ from position {i} on: expected {_short(expected, i)}, got "
+            f"{_short(actual, i)}")
+
+
 # ---- get_pair_counts ---------------------------------------------------------------------
 
 def _pair_count_cases(texts):
@@ -35,6 +57,22 @@ def _pair_count_cases(texts):
 def _run_pair_counts(candidate, case):
     counts = candidate(*case.args)
     return sorted([int(a), int(b), int(n)] for (a, b), n in dict(counts).items())
+
+
+def _compare_pair_counts(expected, actual):
+    """Counts as [left, right, count] rows, compared pair by pair."""
+    want = {(a, b): n for a, b, n in expected}
+    got = {(a, b): n for a, b, n in actual}
+    for pair in sorted(want):
+        if pair not in got:
+            times = "once" if want[pair] == 1 else f"{want[pair]} times"
+            return f"pair {pair} occurs {times}, but your counts do not hold it"
+        if got[pair] != want[pair]:
+            return f"pair {pair}: expected count {want[pair]}, got {got[pair]}"
+    extra = sorted(set(got) - set(want))
+    if extra:
+        return f"your counts hold the pair {extra[0]}, which is not two neighbours in ids"
+    return None
 
 
 def _pairs_step_two(ids):
@@ -53,7 +91,7 @@ register(Exercise(
     reference=ref.get_pair_counts,
     visible=lambda: _pair_count_cases(VISIBLE_TEXTS[:2]),
     hidden=lambda: _pair_count_cases(HIDDEN_TEXTS),
-    run=_run_pair_counts,
+    run=_run_pair_counts, compare=_compare_pair_counts,
     mistakes=(
         Mistake("pairs_step_two",
                 "You count only the pairs that start at even positions (ids[0::2] with "
@@ -129,7 +167,7 @@ register(Exercise(
     reference=ref.merge_pair,
     visible=lambda: _merge_cases(False),
     hidden=lambda: _merge_cases(True),
-    run=_run_merge,
+    run=_run_merge, compare=_compare_ids,
     mistakes=(
         Mistake("merge_overlap",
                 "Overlapping occurrences are merged twice ([a, a, a] gave two new tokens): "
@@ -154,6 +192,18 @@ def _train_cases(texts, extra):
 
 def _run_train(candidate, case):
     return [_as_list(pair) for pair in candidate(*case.args)]
+
+
+def _compare_merges(expected, actual):
+    """Merges compared one by one: merge i is the pair that token 256 + i replaces."""
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        if list(e) != list(a):
+            return (f"merge {i} (token {256 + i}): expected {tuple(e)}, got {tuple(a)}"
+                    + ("; the merges before it agree" if i else ""))
+    if len(actual) != len(expected):
+        return (f"expected {len(expected)} merges, got {len(actual)} (the first "
+                f"{min(len(expected), len(actual))} agree)")
+    return None
 
 
 def _train_with_key(text, vocab_size, choose):
@@ -187,7 +237,7 @@ register(Exercise(
     reference=ref.train_bpe,
     visible=lambda: _train_cases(VISIBLE_TEXTS, 8),
     hidden=lambda: _train_cases(HIDDEN_TEXTS, 12) + _train_cases(["abcabcabd"], 30),
-    run=_run_train,
+    run=_run_train, compare=_compare_merges,
     mistakes=(
         Mistake("tie_first_seen",
                 "Ties are broken by which pair occurs first in the text (max over the "
@@ -219,12 +269,28 @@ TRAIN_TEXT = ("the theme of the thesis: there, then, these. aaaa aaaa "
               "café café 🙂🙂🙂 naïve naïve")
 
 
+# Merges given by hand, and a text in which a later merge's pair is the most frequent: only
+# the merges' own order (first learned, first applied) gives the right tokens.
+_ORDER_CASES = {
+    False: [("abcbc", [(97, 98), (98, 99)])],
+    True: [("xyzyzyz", [(120, 121), (121, 122)]),
+           ("abcbcbcab", [(97, 98), (98, 99), (256, 99)])],
+}
+
+
+def _order_cases(hidden):
+    return [Case(f"{text!r} with the merges {merges}, learned on another text",
+                 (text, [list(pair) for pair in merges])) for text, merges in _ORDER_CASES[hidden]]
+
+
 def _encode_cases(hidden):
     if not hidden:
         return (_coded_cases(VISIBLE_TEXTS, 10)
-                + _coded_cases(["the other theme", "🙂 café"], 12, TRAIN_TEXT))
+                + _coded_cases(["the other theme", "🙂 café"], 12, TRAIN_TEXT)
+                + _order_cases(False))
     return (_coded_cases(HIDDEN_TEXTS, 15)
-            + _coded_cases(["then the cafés", "🙂 new text ü", ""], 25, TRAIN_TEXT))
+            + _coded_cases(["then the cafés", "🙂 new text ü", ""], 25, TRAIN_TEXT)
+            + _order_cases(True))
 
 
 def _run_encode(candidate, case):
@@ -255,12 +321,24 @@ def _encode_reversed(text, merges):
     return ids
 
 
+def _encode_most_frequent_first(text, merges):
+    """Applies the known pair that is most frequent in this text first, as in training."""
+    ids = list(text.encode("utf-8"))
+    rank = {tuple(pair): i for i, pair in enumerate(merges)}
+    while True:
+        counts = {p: n for p, n in ref.get_pair_counts(ids).items() if p in rank}
+        if not counts:
+            return ids
+        pair = max(counts, key=counts.get)
+        ids = ref.merge_pair(ids, pair, 256 + rank[pair])
+
+
 register(Exercise(
     id="encode", chapter=CHAPTER, title="Exercise 4: encode text",
     reference=ref.encode,
     visible=lambda: _encode_cases(False),
     hidden=lambda: _encode_cases(True),
-    run=_run_encode,
+    run=_run_encode, compare=_compare_ids,
     mistakes=(
         Mistake("ids_from_zero",
                 "Merge i must create token 256 + i: ids 0..255 are already taken by the "
@@ -271,6 +349,11 @@ register(Exercise(
         Mistake("merges_reversed",
                 "Merges are applied in the wrong order: apply them in the order they were "
                 "learned, the first merge first.", _encode_reversed),
+        Mistake("most_frequent_first",
+                "You apply the known pair that is most frequent in this text first. Encoding "
+                "does not count again: it applies the merges in the order they were learned "
+                "(merge 0 first), whatever is frequent in the new text.",
+                _encode_most_frequent_first),
     ),
     forbidden=("gptcourse.bpe.encode",),
 ))
@@ -281,13 +364,33 @@ register(Exercise(
 _DECODE_ERROR = "<UnicodeDecodeError raised>"
 
 
+# Ids whose bytes are not valid UTF-8, as a model may sample them: a stray 0xFF, a character
+# cut short (the first byte of 'é', three of the four bytes of an emoji), a lone
+# continuation byte. errors="replace" shows each broken piece as '\ufffd'.
+_INVALID_UTF8 = {
+    False: [("a stray byte 0xFF", [104, 105, 0xFF, 33], []),
+            ("'é' cut after its first byte", [256, 0xC3, 32, 0xA9], [(99, 97)])],
+    True: [("three of the four bytes of an emoji", [0xF0, 0x9F, 0x99, 120], []),
+           ("a lone continuation byte 0x80", [256, 0x80, 256], [(111, 107)])],
+}
+
+
 def _decode_cases(hidden):
     encoded = []
     for case in _encode_cases(hidden):
         text, merges = case.args
         ids = ref.encode(text, [tuple(p) for p in merges])
         encoded.append(Case(f"the ids of {text!r} ({len(merges)} merges)", (ids, merges)))
+    for label, ids, merges in _INVALID_UTF8[hidden]:
+        encoded.append(Case(f"ids that are not valid UTF-8: {label}",
+                            (ids, [list(pair) for pair in merges])))
     return encoded
+
+
+def _compare_decoded(expected, actual):
+    if actual == _DECODE_ERROR and expected != _DECODE_ERROR:
+        return f"your decode raised UnicodeDecodeError; expected {expected!r}"
+    return compare_outputs(expected, actual)
 
 
 def _run_decode(candidate, case):
@@ -309,6 +412,16 @@ def _decode_per_token_replace(ids, merges):
     return "".join(vocab[i].decode("utf-8", errors="replace") for i in ids)
 
 
+def _decode_strict(ids, merges):
+    vocab = ref.token_bytes(merges)
+    return b"".join(vocab[i] for i in ids).decode("utf-8")
+
+
+def _decode_ignore(ids, merges):
+    vocab = ref.token_bytes(merges)
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors="ignore")
+
+
 def _decode_latin1(ids, merges):
     vocab = ref.token_bytes(merges)
     return b"".join(vocab[i] for i in ids).decode("latin-1")
@@ -319,7 +432,7 @@ register(Exercise(
     reference=ref.decode,
     visible=lambda: _decode_cases(False),
     hidden=lambda: _decode_cases(True),
-    run=_run_decode,
+    run=_run_decode, compare=_compare_decoded,
     mistakes=(
         Mistake("decode_per_token_strict",
                 "Each token is decoded on its own, so a character whose UTF-8 bytes are split "
@@ -329,6 +442,14 @@ register(Exercise(
                 "Each token is decoded on its own, so characters split across tokens turn "
                 "into '\ufffd': join the bytes of all tokens first, then decode once.",
                 _decode_per_token_replace),
+        Mistake("decode_strict",
+                "You decode with .decode('utf-8') alone, which raises UnicodeDecodeError when "
+                "the ids do not form valid UTF-8 (ids sampled from a model may not): decode "
+                "with errors='replace'.", _decode_strict),
+        Mistake("decode_ignore",
+                "With errors='ignore' the bytes that are not valid UTF-8 vanish without a "
+                "trace: use errors='replace', which shows each of them as '\ufffd'.",
+                _decode_ignore),
         Mistake("decode_latin1",
                 "The bytes are decoded as Latin-1, which garbles accents and emoji: decode "
                 "them as UTF-8.", _decode_latin1),

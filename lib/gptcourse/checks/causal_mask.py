@@ -7,9 +7,10 @@ tokens after it.
 
 The leak test is graded by handing it attention layers whose answer is known: some that
 look ahead (no mask, a transposed mask, the mask applied after the softmax, a peek at the
-next token) and some that do not (a correct causal attention, a blocked diagonal, a layer
-that sees only the previous token, a position-wise layer). The layers are built inside
-:func:`_run_leaks` from their names, so that cases hold only plain data.
+next token, a leak into position 3 only) and some that do not (a correct causal attention, a
+blocked diagonal, one that also adds an earlier token, a layer that sees only the previous
+token, a position-wise layer). The layers are built inside :func:`_run_leaks` from their
+names, so that cases hold only plain data.
 
 The mask's cases ask for a dtype and for the "meta" device, so that ignoring either
 argument shows without a GPU.
@@ -277,6 +278,12 @@ def _masked_minus_1e9(q, k, v, mask):
     return weights @ v, weights
 
 
+def _masked_uniform_rows(q, k, v, mask):
+    weights = torch.softmax(_scores(q, k) + mask, dim=-1)
+    weights = weights.nan_to_num(1.0 / weights.size(-1))
+    return weights @ v, weights
+
+
 def _masked_ignored(q, k, v, mask):
     return ref.scaled_dot_product_attention(q, k, v)
 
@@ -304,10 +311,11 @@ _MULTIPLIED = ("You multiply the scores by the mask. This mask is additive: scor
 _NAN_ROWS = ("A row whose every key is blocked gives NaN (torch.softmax of a row of -inf "
              "divides 0 by 0). Such a query has nothing to look at: give it weights of 0 and "
              "an output of 0, e.g. with your own stable softmax or torch.nan_to_num.")
-_MINUS_1E9 = ("You block with a large finite number (-1e9) instead of -inf. That is fine for "
-               "rows that keep a key, but a row whose every key is blocked then gets equal "
-               "weights over keys it may not see instead of zeros. Keep -inf and give fully "
-               "blocked rows weights of 0.")
+_UNIFORM_ROWS = ("A row whose every key is blocked gets equal weights over keys it may not "
+                 "see, where the chapter asks for all-zero weights (and an output of 0): the "
+                 "result of blocking with a large finite number such as -1e9, or of turning "
+                 "softmax's NaN into 1/T. Keep -inf and make those rows 0, e.g. with "
+                 "torch.nan_to_num(weights, 0.0).")
 _IGNORED = ("Your attention ignores the mask: add it to the scores before the softmax.")
 _MASK_TRANSPOSED = ("You add the mask transposed (mask.T or mask.transpose(-2, -1)). Row i "
                     "of the mask belongs to query i: add it to the scores as it is.")
@@ -328,7 +336,8 @@ register(Exercise(
         Mistake("blocked scores set to 0", _ZERO_FILLED, _masked_zero_filled),
         Mistake("mask multiplied", _MULTIPLIED, _masked_multiplied),
         Mistake("NaN on fully masked rows", _NAN_ROWS, _masked_nan_rows),
-        Mistake("-1e9 instead of -inf", _MINUS_1E9, _masked_minus_1e9),
+        Mistake("-1e9 instead of -inf", _UNIFORM_ROWS, _masked_minus_1e9),
+        Mistake("uniform weights on fully masked rows", _UNIFORM_ROWS, _masked_uniform_rows),
         Mistake("mask ignored", _IGNORED, _masked_ignored),
         Mistake("mask transposed", _MASK_TRANSPOSED, _masked_transposed),
         Mistake("unscaled", _UNSCALED, _masked_unscaled),
@@ -358,6 +367,12 @@ def leaks(attend, x: torch.Tensor) -> bool:
     return False
 
 
+# Causal attention plus one extra input: kind -> (output position, input position it also
+# sees). Only a test that looks at every position finds the leak into position 3.
+_EXTRA_INPUT = {"first sees second": (0, 1), "fourth sees fifth": (3, 4),
+                "fourth sees second": (3, 1)}
+
+
 class _Layer:
     """A small attention layer with fixed projections; ``kind`` says how it (mis)masks."""
 
@@ -382,6 +397,8 @@ class _Layer:
         mask = {
             "causal": causal,
             "first sees second": causal,
+            "fourth sees fifth": causal,
+            "fourth sees second": causal,
             "no mask": None,
             "diagonal blocked": torch.triu(blocked, diagonal=0),
             "transposed": torch.tril(blocked, diagonal=-1),
@@ -389,9 +406,10 @@ class _Layer:
             "previous token": torch.triu(blocked, diagonal=0) + torch.tril(blocked, diagonal=-2),
         }[self.kind]
         out = ref.scaled_dot_product_attention(q, k, v, mask)[0]
-        if self.kind == "first sees second":
+        if self.kind in _EXTRA_INPUT:
+            position, seen = _EXTRA_INPUT[self.kind]
             out = out.clone()
-            out[:, 0] = out[:, 0] + x[:, 1]
+            out[:, position] = out[:, position] + x[:, seen]
         return out
 
 
@@ -403,6 +421,8 @@ _LAYER_LABELS = {
     "transposed": "attention with a transposed mask",
     "peeks one ahead": "attention that lets each token see the next one",
     "first sees second": "causal attention, except that token 0 also sees token 1",
+    "fourth sees fifth": "causal attention, except that token 3 also sees token 4",
+    "fourth sees second": "causal attention in which token 3 also sees token 1 (no leak)",
     "previous token": "attention in which each token sees only the token before it",
     "position-wise": "a position-wise layer (each token on its own)",
     "running mean": "a running mean over the tokens so far",
@@ -465,6 +485,13 @@ def _leaks_changes_pile_up(attend, x):
     return False
 
 
+def _leaks_first_position_only(attend, x):
+    """Changes every token after the first and compares position 0 only."""
+    changed = x.clone()
+    changed[:, 1:] = changed[:, 1:] + 1.0
+    return not torch.allclose(attend(x)[:, :1], attend(changed)[:, :1])
+
+
 def _leaks_last_token_only(attend, x):
     """Changes only the last token."""
     changed = x.clone()
@@ -484,6 +511,10 @@ _PILE_UP = ("Your test changes x itself instead of a copy, so the changes pile u
 _LAST_ONLY = ("Your test only changes the last token, so it misses a leak from a token in "
               "the middle (here token 1 into token 0). Change each position t in turn (or "
               "every token from t on) and compare the outputs before t.")
+_FIRST_ONLY = ("Your test only looks at the output of position 0, so it misses a leak into a "
+               "later position (here token 3 also sees token 4). For every position t, "
+               "change the tokens from t on and compare all the outputs before t.")
+
 register(Exercise(
     id="leaks",
     chapter=CHAPTER,
@@ -495,6 +526,7 @@ register(Exercise(
     mistakes=(
         Mistake("compares the changed position", _INCLUDES_CHANGED, _leaks_including_changed),
         Mistake("compares later positions", _LOOKS_FORWARD, _leaks_looking_forward),
+        Mistake("only position 0 is tested", _FIRST_ONLY, _leaks_first_position_only),
         Mistake("changes only the last token", _LAST_ONLY, _leaks_last_token_only),
         Mistake("changes pile up", _PILE_UP, _leaks_changes_pile_up),
     ),

@@ -4,16 +4,21 @@ The graded pieces are plain functions that simulate what DistributedDataParallel
 they can be judged in one process: cutting the global batch into one shard per rank,
 averaging the ranks' gradients (what an all-reduce followed by a division gives), one
 simulated data-parallel SGD step, and the arithmetic of scale. The references live here,
-next to their checks; the notebook's torchrun run shows the same step with real processes.
+next to their checks; the notebook's torchrun run shows the same step with real processes,
+and :func:`check_ddp_run` compares that run's first step with one process's, saying which
+of the script's given settings probably differs when they disagree.
 """
 
+import ast
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptcourse.checks import Case, Exercise, Mistake, register
+from gptcourse.checks import Case, CheckFailed, Exercise, Mistake, compare_outputs, register
+from gptcourse.tolerances import tolerance
 
 CHAPTER = "10-data-parallel"
 
@@ -48,24 +53,67 @@ def _shard_cases(hidden):
         for rank in range(world_size):
             cases.append(Case(f"B={B} over {world_size} ranks, rank {rank}",
                               (x, y, rank, world_size)))
+    # Distinct rows, so that the wrong ways of splitting an uneven batch tell apart.
     cases.append(Case("B=7 over 2 ranks (must raise ValueError)",
-                      (torch.zeros(7, 3), torch.zeros(7, 3), 1, 2)))
+                      (torch.randn(7, 3, generator=g), torch.arange(7), 1, 2)))
     if hidden:
         cases.append(Case("B=10 over 4 ranks (must raise ValueError)",
-                          (torch.zeros(10, 2), torch.zeros(10, 2), 3, 4)))
+                          (torch.randn(10, 2, generator=g), torch.arange(10), 3, 4)))
     return cases
+
+
+_RAISES = "ValueError"
 
 
 def _run_shard(candidate, case):
     try:
         return tuple(candidate(*copy.deepcopy(case.args)))
     except ValueError:
-        return "ValueError"
+        return _RAISES
+
+
+def _sizes(shards) -> str:
+    return ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                     for t in shards)
+
+
+def _compare_shards(expected, actual):
+    """Shards or the ValueError, said in words rather than as the repr of whole tensors."""
+    if expected == _RAISES and actual != _RAISES:
+        returned = _sizes(actual) if isinstance(actual, tuple) else type(actual).__name__
+        return (f"expected a ValueError, since the batch does not split evenly, but your "
+                f"function returned shards of shapes {returned}")
+    if actual == _RAISES and expected != _RAISES:
+        return "your function raised ValueError, but this batch splits evenly"
+    if expected == _RAISES:
+        return None
+    if not isinstance(actual, tuple) or len(actual) != 2:
+        return "return the pair (x_shard, y_shard)"
+    for name, e, a in zip(("x_shard", "y_shard"), expected, actual):
+        if (message := compare_outputs(e, a, name)) is not None:
+            return message
+    return None
+
+
+def _check_divisible(x, world_size):
+    if x.shape[0] % world_size:
+        raise ValueError("uneven")
 
 
 def _shard_overlapping(x, y, rank, world_size):
+    _check_divisible(x, world_size)
     b = x.shape[0] // world_size
     return x[rank:rank + b], y[rank:rank + b]
+
+
+def _shard_overlapping_unchecked(x, y, rank, world_size):
+    b = x.shape[0] // world_size
+    return x[rank:rank + b], y[rank:rank + b]
+
+
+def _shard_unchecked(x, y, rank, world_size):
+    b = x.shape[0] // world_size
+    return x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b]
 
 
 def _shard_uneven(x, y, rank, world_size):
@@ -73,20 +121,28 @@ def _shard_uneven(x, y, rank, world_size):
 
 
 def _shard_strided(x, y, rank, world_size):
-    if x.shape[0] % world_size:
-        raise ValueError("uneven")
+    _check_divisible(x, world_size)
     return x[rank::world_size], y[rank::world_size]
 
 
 register(Exercise(
     id="shard_batch", chapter=CHAPTER, title="Exercise 1: one shard of the batch per rank",
     reference=shard_batch, visible=lambda: _shard_cases(False),
-    hidden=lambda: _shard_cases(True), run=_run_shard,
+    hidden=lambda: _shard_cases(True), run=_run_shard, compare=_compare_shards,
     mistakes=(
         Mistake("overlapping_shards",
                 "Your shards overlap: rank r starts at row r instead of r * (B // "
                 "world_size), so neighbouring ranks train on the same examples.",
                 _shard_overlapping),
+        Mistake("overlapping_shards_unchecked",
+                "Your shards overlap: rank r starts at row r instead of r * (B // "
+                "world_size), so neighbouring ranks train on the same examples. Also raise "
+                "ValueError when B % world_size != 0.", _shard_overlapping_unchecked),
+        Mistake("no_value_error",
+                "A batch that does not divide evenly is split anyway (B // world_size rows "
+                "each, the rest dropped): raise ValueError when B % world_size != 0, saying "
+                "to choose a batch size divisible by the number of processes.",
+                _shard_unchecked),
         Mistake("uneven_shards",
                 "A batch that does not divide evenly gives shards of different sizes (as "
                 "torch.chunk does): raise ValueError when B % world_size != 0, since uneven "
@@ -161,6 +217,10 @@ def tiny_classifier(d_in: int = 4, d_hidden: int = 8, n_classes: int = 3) -> nn.
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.Tanh(), nn.Linear(d_hidden, n_classes))
 
 
+def _whole_batch(x, y, rank, world_size):
+    return x, y
+
+
 def _simulated_step(model, x, y, world_size, lr, shard, average):
     replicas = [copy.deepcopy(model) for _ in range(world_size)]
     grads_per_rank = []
@@ -207,11 +267,58 @@ def _ddp_cases(hidden):
 
 
 def _run_ddp(candidate, case):
+    """The parameters of every rank, and how often each example of x went through a
+    forward pass (with gradients) of the model or of a copy of it.
+
+    A hook on the model's first layer sees the inputs of every forward pass; copies made
+    with copy.deepcopy keep the hook. Each example must be in exactly one rank's shard:
+    giving every replica the whole batch averages to the same step, but is not data
+    parallelism. When no forward pass is seen (the model was not called as a module),
+    the count is None and not judged.
+    """
     state, x, y, world_size, lr = copy.deepcopy(case.args)
     model = tiny_classifier().double()
     model.load_state_dict(state)
+    seen = []
+
+    def record(module, args):
+        if torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):
+            seen.append(args[0].detach().clone())
+
+    model[0].register_forward_pre_hook(record)
     params = candidate(model, x, y, world_size, lr)
-    return [[p.detach() for p in rank_params] for rank_params in params]
+    params = [[p.detach() for p in rank_params] for rank_params in params]
+    if not seen:
+        return params, None
+    uses = torch.zeros(len(x), dtype=torch.long)
+    for inputs in seen:
+        if inputs.dim() == 2 and inputs.shape[-1] == x.shape[-1]:
+            same = torch.isclose(inputs.to(x.dtype)[:, None, :], x[None]).all(-1)  # (n, B)
+            uses += same.sum(0)
+    return params, uses.tolist()
+
+
+def _compare_ddp(expected, actual):
+    params, uses = actual
+    expected_params, expected_uses = expected
+    if not isinstance(params, list) or len(params) != len(expected_params):
+        return (f"expected the parameters of {len(expected_params)} ranks (a list with one "
+                f"list of parameters per rank), got {type(params).__name__} of "
+                f"{len(params) if isinstance(params, (list, tuple)) else 1}")
+    for rank, (e, a) in enumerate(zip(expected_params, params)):
+        if (message := compare_outputs(e, a, f"rank {rank}'s parameters")) is not None:
+            return message
+    if uses is None or uses == expected_uses:
+        return None
+    if len(set(uses)) == 1 and uses[0] > 1:
+        return (f"every example of the batch went through {uses[0]} forward passes: each "
+                "replica computed its loss on the whole batch instead of its own shard")
+    return (f"the forward passes used the examples of the batch {uses} times (by row); each "
+            "example belongs to exactly one rank's shard and is used once")
+
+
+def _ddp_unsharded(model, x, y, world_size, lr):
+    return _simulated_step(model, x, y, world_size, lr, _whole_batch, average_gradients)
 
 
 def _ddp_summed(model, x, y, world_size, lr):
@@ -229,8 +336,12 @@ def _ddp_overlapping(model, x, y, world_size, lr):
 register(Exercise(
     id="ddp_step", chapter=CHAPTER, title="Exercise 3: one data-parallel step, simulated",
     reference=ddp_step, visible=lambda: _ddp_cases(False), hidden=lambda: _ddp_cases(True),
-    run=_run_ddp,
+    run=_run_ddp, compare=_compare_ddp,
     mistakes=(
+        Mistake("no_sharding",
+                "Every replica computes its loss on the whole batch, so the step is right "
+                "but each rank does all the work: give rank r only its shard, "
+                "shard_batch(x, y, r, world_size), as in Exercise 1.", _ddp_unsharded),
         Mistake("summed_gradients",
                 "Your step is world_size times too large: the gradients are summed over "
                 "ranks, not averaged.", _ddp_summed),
@@ -243,6 +354,168 @@ register(Exercise(
                 "rank * b to (rank + 1) * b.", _ddp_overlapping),
     ),
 ))
+
+
+# ---- the torchrun script ----------------------------------------------------------------
+
+# The settings the notebook's script cell gives. After the run, check_ddp_run repeats the
+# script's first step in one process with exactly these and compares the saved weights.
+DDP_SCRIPT_SETTINGS = {
+    "GLOBAL_BATCH": 16, "CONTEXT_LENGTH": 32, "LR": 0.3,
+    "D_MODEL": 32, "N_HEADS": 2, "N_LAYERS": 2,
+    "MODEL_SEED": 0, "BATCH_SEED": 1,
+}
+
+_HOW_TO_BUILD = ("torch.manual_seed(MODEL_SEED) just before GPT(GPTConfig(vocab_size="
+                 "tokenizer.vocab_size, context_length=CONTEXT_LENGTH, d_model=D_MODEL, "
+                 "n_heads=N_HEADS, n_layers=N_LAYERS))")
+_HOW_TO_BATCH = ("one g = torch.Generator().manual_seed(BATCH_SEED) made before the loop, "
+                 "get_batch(data, GLOBAL_BATCH, CONTEXT_LENGTH, generator=g) every step, and "
+                 "rank r keeping rows r * b to (r + 1) * b with b = GLOBAL_BATCH // world_size")
+
+
+def script_settings(script: str | Path) -> dict:
+    """The constants a script assigns at module level (``A, B = 1, 2`` too), read without
+    running it: only plain literals count."""
+    found = {}
+    for node in ast.parse(Path(script).read_text()).body:
+        if not isinstance(node, ast.Assign):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            continue
+        for target in node.targets:
+            if isinstance(target, ast.Name):
+                found[target.id] = value
+            elif (isinstance(target, ast.Tuple) and isinstance(value, tuple)
+                  and len(target.elts) == len(value)):
+                found.update({t.id: v for t, v in zip(target.elts, value)
+                              if isinstance(t, ast.Name)})
+    return found
+
+
+def single_process_step(data: torch.Tensor, vocab_size: int,
+                        settings: dict = DDP_SCRIPT_SETTINGS) -> tuple[dict, dict]:
+    """One process's plain SGD step on the script's whole first global batch.
+
+    data (N,) token ids. Returns the state dicts (initial, after the step).
+    """
+    from gptcourse.model import GPT, GPTConfig
+    from gptcourse.training import get_batch
+
+    torch.manual_seed(settings["MODEL_SEED"])
+    model = GPT(GPTConfig(vocab_size=vocab_size, context_length=settings["CONTEXT_LENGTH"],
+                          d_model=settings["D_MODEL"], n_heads=settings["N_HEADS"],
+                          n_layers=settings["N_LAYERS"]))
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(settings["BATCH_SEED"])
+    x, y = get_batch(data, settings["GLOBAL_BATCH"], settings["CONTEXT_LENGTH"],
+                     generator=generator)                                      # (B, T)
+    _, loss = model(x, y)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= settings["LR"] * p.grad
+    return initial, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _flat(state: dict, keys) -> torch.Tensor:
+    return torch.cat([state[k].flatten().double() for k in keys])
+
+
+def ddp_run_problem(ranks: list[dict], initial: dict, expected: dict,
+                    lr: float = DDP_SCRIPT_SETTINGS["LR"]) -> str | None:
+    """What probably differs between the weights each rank saved after its first step and
+    one process's step (``initial`` -> ``expected``), in words; None when they agree."""
+    first = ranks[0]
+    if any(k.startswith("module.") for k in first):
+        return ("the saved names start with 'module.': that is the DDP wrapper's state dict; "
+                "save model.module.state_dict(), the GPT inside it")
+    missing, extra = sorted(set(expected) - set(first)), sorted(set(first) - set(expected))
+    wrong_shape = [k for k in expected if k in first and first[k].shape != expected[k].shape]
+    if missing or extra or wrong_shape:
+        if wrong_shape:
+            k = wrong_shape[0]
+            what = (f"{k} has shape {tuple(first[k].shape)}, expected "
+                    f"{tuple(expected[k].shape)}")
+        else:
+            what = (f"the saved model has {len(first)} tensors, expected {len(expected)} "
+                    f"(e.g. {(missing or extra)[0]} is {'missing' if missing else 'extra'})")
+        return f"the model differs: {what}. Build it as given: {_HOW_TO_BUILD}"
+
+    for rank, other in enumerate(ranks[1:], start=1):
+        for k in expected:
+            if not torch.equal(other[k], first[k]):
+                return (f"rank 0 and rank {rank} hold different weights ({k}): wrap the "
+                        "model in DDP(model) before training, so that backward averages the "
+                        "gradients of all ranks and every copy takes the same step")
+
+    keys = list(expected)
+    saved, start, target = _flat(first, keys), _flat(initial, keys), _flat(expected, keys)
+    step, wanted = saved - start, target - start
+    rtol, atol = tolerance(torch.float32)
+    if torch.allclose(saved, target, rtol=rtol, atol=atol):
+        return None
+    where = next(k for k in keys
+                 if not torch.allclose(first[k], expected[k], rtol=rtol, atol=atol))
+    if torch.allclose(saved, start, rtol=rtol, atol=atol):
+        return ("the saved weights are the initial ones: save them after the first "
+                "optimizer.step(), when step == 0")
+    scale = float(step @ wanted / (wanted @ wanted))
+    if float((step - scale * wanted).norm()) < 1e-3 * float(wanted.norm()):
+        return (f"the step has the right direction but is {scale:.3g} times the single "
+                "process's: use plain torch.optim.SGD(model.parameters(), lr=LR), the mean "
+                "loss of each rank's shard (as model(x, y) returns it), and no gradient "
+                "clipping")
+    if abs(float(step.abs().median()) / lr - 1.0) < 0.2:
+        return (f"the weights moved by about lr in every entry (first in {where}), as "
+                "Adam's first step does: the optimizer must be plain "
+                "torch.optim.SGD(model.parameters(), lr=LR)")
+    if float(step.norm()) > 3 * float(wanted.norm()):
+        return (f"the weights differ by far more than one step (first in {where}), so the "
+                f"starting weights are probably not the same: {_HOW_TO_BUILD}, with nothing "
+                "random drawn in between")
+    return (f"the step differs from one process's (first in {where}), though the model and "
+            f"its start agree: the first global batch probably differs ({_HOW_TO_BATCH}), or "
+            "the optimizer is not plain SGD with lr=LR (no momentum, weight decay or "
+            "clipping)")
+
+
+def check_ddp_run(run_dir: str | Path, script: str | Path | None = None,
+                  n_ranks: int = 2) -> None:
+    """Compare the weights the ranks of the notebook's torchrun script saved after their
+    first step (``run_dir/step1_rank<r>.pt``) with one process's step on the whole global
+    batch; print a tick or raise :class:`CheckFailed` saying what probably differs."""
+    from gptcourse.data import load_tiny_shakespeare
+    from gptcourse.tokens import CharTokenizer
+
+    run_dir = Path(run_dir)
+    paths = [run_dir / f"step1_rank{rank}.pt" for rank in range(n_ranks)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CheckFailed(f"the script did not save {', '.join(missing)}: read the first error "
+                          "printed by the run above")
+    ranks = [torch.load(p, weights_only=True) for p in paths]
+
+    text = load_tiny_shakespeare()
+    tokenizer = CharTokenizer.from_text(text)
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)                # (N,)
+    initial, expected = single_process_step(data, tokenizer.vocab_size)
+    problem = ddp_run_problem(ranks, initial, expected)
+    if problem is None:
+        print(f"\u2713 both ranks identical; equal to one process's step on the whole global "
+              f"batch ({len(expected)} tensors)")
+        return
+    if script is not None:
+        given = script_settings(script)
+        changed = [f"{name} = {given[name]!r} (given: {value!r})"
+                   for name, value in DDP_SCRIPT_SETTINGS.items()
+                   if name in given and given[name] != value]
+        if changed:
+            problem = (f"the script changes the given settings, {', '.join(changed)}: the "
+                       f"comparison repeats the step with the given values ({problem})")
+    raise CheckFailed(f"The torchrun script: {problem}")
 
 
 # ---- training_flops ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from gptcourse import encoder as ref
 from gptcourse.attention import scaled_dot_product_attention
-from gptcourse.checks import Case, Exercise, Mistake, register
+from gptcourse.checks import Case, Exercise, Mistake, compare_outputs, register
 
 CHAPTER = "11-encoders-vs-decoders"
 
@@ -88,7 +88,23 @@ def _run_mask(candidate, case):
     if not torch.equal(idx, original):
         raise ValueError("mask_tokens changed idx in place: work on idx.clone(), since the "
                          "original tokens are the targets")
-    return inputs, torch.as_tensor(mask).bool()
+    return inputs, torch.as_tensor(mask)
+
+
+def _compare_masking(expected, actual):
+    """The mask must be boolean, as the exercise asks: logits[mask] selects positions only
+    with a bool mask (an int mask would index rows 0 and 1 instead)."""
+    mask, expected_mask = actual[1], expected[1]
+    if (mask.dtype == torch.bool) != (expected_mask.dtype == torch.bool):
+        return (f"dtype of mask: expected {expected_mask.dtype}, got {mask.dtype}: return the "
+                "comparison itself (torch.rand(...) < mask_prob), without .long() or .int()")
+    # A mask of any number type stands for every other (the wrong variant returns int64).
+    return compare_outputs((expected[0], expected_mask.bool()), (actual[0], mask.bool()))
+
+
+def _mask_as_integers(idx, mask_prob, mask_id, vocab_size, generator):
+    inputs, mask = ref.mask_tokens(idx, mask_prob, mask_id, vocab_size, generator)
+    return inputs, mask.long()
 
 
 def _mask_scores_replaced_only(idx, mask_prob, mask_id, vocab_size, generator):
@@ -115,8 +131,13 @@ def _mask_prob_inverted(idx, mask_prob, mask_id, vocab_size, generator):
 register(Exercise(
     id="mask_tokens", chapter=CHAPTER, title="Exercise 2: hide tokens (80/10/10)",
     reference=ref.mask_tokens, visible=lambda: _mask_cases(False),
-    hidden=lambda: _mask_cases(True), run=_run_mask,
+    hidden=lambda: _mask_cases(True), run=_run_mask, compare=_compare_masking,
     mistakes=(
+        Mistake("mask_not_bool",
+                "Your mask holds numbers, not booleans: masked_lm_loss selects the scored "
+                "positions with logits[mask], which only works with a bool mask (an integer "
+                "tensor picks rows by number instead). Return the comparison itself.",
+                _mask_as_integers),
         Mistake("scored_only_replaced",
                 "Your mask marks only the positions that became mask_id: the positions that "
                 "got a random token or kept theirs were selected too and must be scored.",
@@ -238,8 +259,9 @@ register(Exercise(
                 "decoder asks (queries from x), the encoder answers (keys and values from "
                 "memory); weights must be (B, T_dec, T_enc).", _cross_roles_swapped),
         Mistake("causal_cross_attention",
-                "Cross-attention is masked: the whole source sentence is known before the "
-                "decoder starts, so every decoder position may see every encoder position.",
+                "Your cross-attention applies a causal mask, and it must not: the whole "
+                "source sentence is known before the decoder starts, so every decoder "
+                "position may see every encoder position. Leave the mask out here.",
                 _cross_causal),
     ),
     forbidden=("gptcourse.encoder.cross_attention",),

@@ -26,10 +26,10 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
-def _masked_similarities(query, table, exclude, score=cosine_similarity):
+def _masked_similarities(query, table, exclude, score=cosine_similarity, fill=float("-inf")):
     scores = score(query, table).clone()  # (N,)
     for i in exclude:
-        scores[i] = float("-inf")  # an excluded row can never be picked
+        scores[i] = fill  # -inf: an excluded row can never be picked
     return scores
 
 
@@ -136,6 +136,8 @@ def _cosine_visible():
         Case("float64, two vectors of length 3",
              (_vectors(g, 3, dtype=torch.float64, scale=2.0),
               _vectors(g, 3, dtype=torch.float64, scale=0.5))),
+        Case("pairs of rows, (2, 5) with (2, 5): row i of a with row i of b",
+             (_vectors(g, 2, 5, scale=2.0), _vectors(g, 2, 5) * torch.tensor([[1.0], [3.0]]))),
     ]
 
 
@@ -171,6 +173,11 @@ def _cosine_whole_tensor_norm(a, b):
     return (a * b).sum(-1) / (a.norm() * b.norm())
 
 
+def _cosine_matmul(a, b):
+    # a @ b.T, as written for a query against a table (b.T is b itself for a vector).
+    return (a @ (b.mT if b.dim() > 1 else b)) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
 def _cosine_distance(a, b):
     return 1 - cosine_similarity(a, b)
 
@@ -203,6 +210,12 @@ register(Exercise(
                 "You divided by the norm of the whole tensor (.norm() with no dim), which "
                 "mixes every row together. Take the length of each vector: .norm(dim=-1).",
                 _cosine_whole_tensor_norm),
+        Mistake("matrix product",
+                "You used a matrix product (a @ b.T), which pairs every vector of a with "
+                "every vector of b: for two (N, d) inputs it gives (N, N) instead of N "
+                "similarities. Multiply along the last dimension and sum, (a * b).sum(-1), "
+                "which broadcasts like the inputs.",
+                _cosine_matmul),
         Mistake("cosine distance",
                 "You returned 1 - cosine similarity, the cosine *distance* (what "
                 "scipy.spatial.distance.cosine computes). Return the similarity itself: "
@@ -232,15 +245,25 @@ def _compare_indices(expected, actual):
     return compare_outputs(expected, actual)
 
 
+def _pointing_away(table, rows):
+    """A query opposite to the given rows: several similarities are negative, so an
+    excluded row scored 0 would beat them."""
+    return -sum(table[i] / table[i].norm() for i in rows)
+
+
 def _nearest_visible():
     g = torch.Generator().manual_seed(301)
     table = _table(g, 10, 4)
     other = _table(g, 12, 6)
+    away = _table(torch.Generator().manual_seed(311), 8, 4)
     return [
         Case("a query that is row 2 of a (10, 4) table, k=3, exclude=(2, 6)",
              (table[2].clone(), table, 3), {"exclude": (2, 6)}),
         Case("a query outside a (12, 6) table, k=4, nothing excluded",
              (torch.randn(6, generator=g) * 2.0, other, 4)),
+        Case("a query opposite rows 0 and 1 of an (8, 4) table, so that some similarities "
+             "are negative, k=5, exclude=(1, 4)",
+             (_pointing_away(away, (0, 1)), away, 5), {"exclude": (1, 4)}),
     ]
 
 
@@ -248,6 +271,7 @@ def _nearest_hidden():
     g = torch.Generator().manual_seed(302)
     table = _table(g, 15, 5)
     wide = _table(g, 20, 8, torch.float64)
+    away = _table(torch.Generator().manual_seed(312), 9, 5, torch.float64)
     return [
         Case("a query near row 7 of a (15, 5) table, k=5, exclude=(7, 0, 3)",
              (table[7] + 0.1 * torch.randn(5, generator=g), table, 5), {"exclude": (7, 0, 3)}),
@@ -255,6 +279,8 @@ def _nearest_hidden():
              (wide[11].clone(), wide, 6), {"exclude": (11,)}),
         Case("k=1, query outside a (15, 5) table, exclude=(1,)",
              (torch.randn(5, generator=g), table, 1), {"exclude": (1,)}),
+        Case("float64, a query opposite rows 0 and 1 of a (9, 5) table, k=6, exclude=(1, 4)",
+             (_pointing_away(away, (0, 1)), away, 6), {"exclude": (1, 4)}),
     ]
 
 
@@ -273,6 +299,10 @@ def _nearest_right_rows_reversed(query, table, k, exclude=()):
 
 def _nearest_not_excluded(query, table, k, exclude=()):
     return cosine_similarity(query, table).topk(k).indices
+
+
+def _nearest_excluded_scored_0(query, table, k, exclude=()):
+    return _masked_similarities(query, table, exclude, fill=0.0).topk(k).indices
 
 
 def _nearest_excluded_after(query, table, k, exclude=()):
@@ -320,6 +350,12 @@ register(Exercise(
                 "word itself, which is always its own nearest neighbour). Set their "
                 "similarity to -inf before picking the top k.",
                 _nearest_not_excluded),
+        Mistake("excluded rows scored 0",
+                "You give the excluded rows a similarity of 0, but cosine similarities lie "
+                "between -1 and 1: an excluded row then beats every row with a negative "
+                "similarity and comes back. Set them to float('-inf'), which loses every "
+                "comparison.",
+                _nearest_excluded_scored_0),
         Mistake("excluded after picking k",
                 "You picked the top k first and removed the excluded rows afterwards, so you "
                 "return fewer than k rows. Remove (or set to -inf) the excluded rows before "
@@ -345,6 +381,7 @@ def _analogy_visible():
     return [
         Case("a (12, 5) table, a=0, b=1, c=2", (_table(g, 12, 5), 0, 1, 2)),
         Case("a (16, 6) table, a=5, b=9, c=3, k=3", (_table(g, 16, 6), 5, 9, 3), {"k": 3}),
+        Case("a (12, 5) table, a=3, b=7, c=10, k=3", (_table(g, 12, 5), 3, 7, 10), {"k": 3}),
     ]
 
 
@@ -364,6 +401,11 @@ def _analogy_swapped(table, a, b, c, k=1):
 
 def _analogy_flipped(table, a, b, c, k=1):
     return nearest_neighbours(table[a] - table[b] + table[c], table, k, exclude=(a, b, c))
+
+
+def _analogy_normalised(table, a, b, c, k=1):
+    unit = table / table.norm(dim=-1, keepdim=True)
+    return nearest_neighbours(unit[b] - unit[a] + unit[c], table, k, exclude=(a, b, c))
 
 
 def _analogy_not_excluded(table, a, b, c, k=1):
@@ -392,6 +434,11 @@ register(Exercise(
                 "Your answer can be one of the three input words, which usually sit closest "
                 "to the target. Exclude a, b and c from the search (exclude=(a, b, c)).",
                 _analogy_not_excluded),
+        Mistake("vectors normalised first",
+                "You normalised the vectors before the arithmetic. The target is made of "
+                "the vectors as they are, table[b] - table[a] + table[c]: their lengths "
+                "count too; only the final search compares by angle.",
+                _analogy_normalised),
     ),
     forbidden=("gptcourse.checks.tokens_and_embeddings.analogy",),
 ))

@@ -41,6 +41,14 @@ def _quiet_log() -> logging.Logger:
 
 
 def _config(root: Path, course_id: str, db: Path):
+    from nbgrader.preprocessors import (
+        CheckCellMetadata,
+        ClearHiddenTests,
+        ClearOutput,
+        DeduplicateIds,
+        OverwriteCells,
+        OverwriteKernelspec,
+    )
     from traitlets.config import Config
 
     c = Config()
@@ -55,6 +63,11 @@ def _config(root: Path, course_id: str, db: Path):
     c.GenerateAssignment.force = True
     c.GenerateAssignment.create_assignment = True
     c.Autograde.create_student = True
+    # The grade comes from the sandbox; this run is for the feedback. A kernel that never
+    # runs the hidden tests cannot show their source (IPython's `In` keeps every cell).
+    c.Autograde.sanitize_preprocessors = [
+        ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, ClearHiddenTests,
+        CheckCellMetadata]
     c.Exchange.root = str(root / "exchange")
     (root / "exchange").mkdir(parents=True, exist_ok=True)
     return c
