@@ -489,6 +489,17 @@ def _describe(settings):
     return ", ".join(f"{name}={value}" for name, value in settings.items())
 
 
+def _greedy_continuation(model, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """idx (B, T0) -> (B, T0 + n) by greedy decoding with the course's windows. Spelled out
+    here: this runs where grading blocks the exercise's reference."""
+    start = 0
+    for _ in range(n):
+        start = ref.window_start(idx.size(1), start, model.config.context_length)
+        logits, _ = model(idx[:, start:])                               # (B, T, V)
+        idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    return idx
+
+
 def _sampling_summary(candidate, model, idx, kwargs):
     """What the learner's loop does when it samples: the shape of its result, whether it
     keeps the prompt, draws only tokens the filters allow, differs from greedy decoding,
@@ -511,7 +522,7 @@ def _sampling_summary(candidate, model, idx, kwargs):
     summary["prompt_kept"] = bool(torch.equal(out[:, :idx.size(1)], idx))
     with torch.no_grad():
         summary["detail"] = _outside_filters(model, idx.size(1), out, settings)
-        greedy_out = generate(model, idx, n, temperature=0.0)
+        greedy_out = _greedy_continuation(model, idx, n)
     summary["outside_filters"] = summary["detail"] is not None
     summary["as_greedy"] = bool(torch.equal(out, greedy_out))
     summary["repeatable"] = bool(torch.equal(out, run(seed)))
