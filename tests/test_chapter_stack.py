@@ -322,11 +322,13 @@ def test_counts_must_be_ints_and_the_dict_exactly_the_asked_keys():
     with pytest.raises(CheckFailed, match="expected an int"):
         check("gpt_parameter_count", as_float)
 
+    arithmetic = gpt_checks.gpt3_arithmetic
+
     def extra_key():
-        return {**gpt_checks.gpt3_arithmetic(), "layers": 96}
+        return {**arithmetic(), "layers": 96}
 
     def float_d_head():
-        return {**gpt_checks.gpt3_arithmetic(), "d_head": 128.0}
+        return {**arithmetic(), "d_head": 128.0}
 
     with pytest.raises(CheckFailed, match="not asked for 'layers'"):
         check("gpt3_arithmetic", extra_key)
