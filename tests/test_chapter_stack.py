@@ -334,3 +334,36 @@ def test_counts_must_be_ints_and_the_dict_exactly_the_asked_keys():
         check("gpt3_arithmetic", extra_key)
     with pytest.raises(CheckFailed, match="d_head: expected an int"):
         check("gpt3_arithmetic", float_d_head)
+
+
+def test_a_module_that_ignores_bias_false_is_told_to_pass_it_on():
+    class AlwaysBias(attention.MultiHeadAttention):
+        def __init__(self, d_model, n_heads, bias=True):
+            super().__init__(d_model, n_heads)                 # bias dropped on the floor
+
+    with pytest.raises(CheckFailed, match="pass bias=bias on") as failure:
+        check("MultiHeadAttention", _learner(AlwaysBias), hidden=True)
+    assert "could not be checked" not in str(failure.value)
+
+
+def test_a_loss_returned_as_a_float_is_described_not_crashed_on():
+    class FloatLoss(model.GPT):
+        def forward(self, idx, targets=None):
+            logits, loss = super().forward(idx, targets)
+            return logits, None if loss is None else loss.item()
+
+    with pytest.raises(CheckFailed, match=r"expected a torch.Tensor in \['loss'\], got float"):
+        check("GPT", _learner(FloatLoss))
+
+
+def test_a_missing_attention_bias_is_among_the_named_causes():
+    reference = model.gpt_parameter_count
+
+    def three_attention_biases(vocab_size, context_length, d_model, n_layers, d_ff=None,
+                               bias=True, tie_weights=False, positions="learned"):
+        count = reference(vocab_size, context_length, d_model, n_layers, d_ff, bias,
+                          tie_weights, positions)
+        return count - (n_layers * d_model if bias else 0)
+
+    with pytest.raises(CheckFailed, match="four attention projections' biases"):
+        check("gpt_parameter_count", three_attention_biases)

@@ -79,6 +79,12 @@ class Verdict:
     mistake: str | None = None
 
 
+class Unfit(Exception):
+    """An answer that does not fit what the exercise asks for (a layer misnamed, a
+    parameter of the wrong shape), found by the course's code while it sets the answer up;
+    the message speaks to the learner as it is."""
+
+
 class InputModified(Exception):
     """The candidate changed one of its inputs in place."""
 
@@ -285,7 +291,7 @@ def _learner_frames(exc: BaseException) -> list[traceback.FrameSummary]:
 
 def _error_text(exc: BaseException) -> str:
     """One line saying what went wrong, at the learner's line when there is one."""
-    if isinstance(exc, InputModified):
+    if isinstance(exc, (InputModified, Unfit)):
         return str(exc)
     own = _learner_frames(exc)
     if not own:

@@ -91,8 +91,10 @@ def _run_gpt(candidate, case):
                         "targets are given")
     logits, loss = result
     n_parameters = sum(p.numel() for p in module.parameters())
-    return {"logits": logits.detach(), "loss": None if loss is None else loss.detach(),
-            "n_parameters": n_parameters}
+    def detached(value):  # anything else is left for the comparison to describe
+        return value.detach() if isinstance(value, torch.Tensor) else value
+
+    return {"logits": detached(logits), "loss": detached(loss), "n_parameters": n_parameters}
 
 
 def _compare_gpt(expected, actual):
@@ -322,8 +324,9 @@ _COUNT_MISTAKES = (
      "With bias=False only the attention and feed-forward layers lose their biases; every "
      "LayerNorm keeps its scale AND its shift (2 * d_model each)."),
     ("contract bias forgotten",
-     "Your feed-forward biases count only expand's d_ff; contract has a bias too, of "
-     "d_model numbers: d_ff + d_model per block."),
+     "Your count is one bias vector of d_model short in every block: contract's bias in the "
+     "feed-forward network (d_ff + d_model biases per block), or one of the four attention "
+     "projections' biases (4 * d_model per block)."),
     ("head bias counted",
      "The output layer (lm_head) has no bias, as in GPT-2: it adds vocab_size * d_model "
      "weights only (none when tied)."),

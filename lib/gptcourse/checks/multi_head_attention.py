@@ -22,7 +22,7 @@ from torch import nn
 
 from gptcourse import attention as ref
 from gptcourse.checks import Case, Exercise, Mistake, register
-from gptcourse.checks.core import InputModified, compare_outputs
+from gptcourse.checks.core import InputModified, Unfit, compare_outputs
 from gptcourse.tolerances import tolerance
 
 CHAPTER = "05-multi-head-attention"
@@ -77,20 +77,23 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], shape_hints=
         advice = (f"; {name} is a plain tensor or a buffer in yours: wrap it in "
                   "nn.Parameter(...) so that it is learned" if _is_tensor(module, name) else
                   "; name the layers as the exercise says")
-        raise AttributeError(
+        raise Unfit(
             f"your module has no parameter {name!r} (expected names: "
             f"{', '.join(state)}){advice}")
     unexpected = [name for name in mine if name not in state]
     if unexpected:
         name = unexpected[0]
         advice = next((text for suffix, text in extra_hints if name.endswith(suffix)), "")
-        raise AttributeError(
+        if not advice and name.endswith(".bias") and not any(k.endswith("bias") for k in state):
+            advice = ("This case builds your module with bias=False: pass bias=bias on to "
+                      "every nn.Linear.")
+        raise Unfit(
             f"your module has a parameter {name!r} the course's does not have; "
             f"keep exactly these: {', '.join(state)}. {advice}".strip())
     for name, tensor in state.items():
         if mine[name].shape != tensor.shape:
             advice = next((text for suffix, text in shape_hints if name.endswith(suffix)), "")
-            raise ValueError(
+            raise Unfit(
                 f"{name} has shape {tuple(mine[name].shape)} in your module but "
                 f"{tuple(tensor.shape)} in the course's. {advice}".strip())
     with torch.no_grad():
