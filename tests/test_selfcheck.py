@@ -158,3 +158,25 @@ def test_missing_file_gives_one_clear_line(tmp_path, capsys):
 
     assert code == 2
     assert lines == [f"gptcourse check: {tmp_path / 'nowhere.ipynb'}: no such file"]
+
+
+def test_a_failing_cell_outside_the_exercises_is_noted_once_every_check_passes(tmp_path,
+                                                                               capsys):
+    nb = nbformat.read(release.chapter_notebook("00-welcome", ROOT), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('the demo needs a 2-D table')"))
+    path = tmp_path / "welcome.ipynb"
+    nbformat.write(nb, str(path))
+
+    code, lines = _check(path, capsys)
+
+    assert code == 0, lines
+    assert any("other cells raised errors" in line for line in lines), lines
+    assert any("ValueError: the demo needs a 2-D table" in line for line in lines), lines
+    code_cells = sum(c.cell_type == "code" for c in nb.cells)
+    assert any(f"code cell {code_cells} raised" in line for line in lines), lines
+
+
+def test_no_note_while_an_exercise_is_unfinished(tmp_path, capsys):
+    source = ROOT / "notebooks" / "03-self-attention" / "self_attention.ipynb"
+    code, lines = _check(source, capsys)
+    assert code != 0 and not any("other cells raised" in line for line in lines), lines

@@ -259,17 +259,33 @@ def classify(nb: nbformat.NotebookNode, exercises: list[ExerciseCell],
     return results
 
 
-def check_notebook(path: Path, timeout: int = DEFAULT_TIMEOUT,
-                   progress: bool = False) -> list[ExerciseResult]:
+def other_errors(nb: nbformat.NotebookNode, exercises: list[ExerciseCell]) -> list[str]:
+    """One line for each cell outside the exercises that raised, in order: when every
+    check passes, such a cell can still show an answer wrong in a way no check tried."""
+    graded = {e.test_index for e in exercises} | {e.answer_index for e in exercises}
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    lines = []
+    for number, index in enumerate(code_cells, start=1):
+        error = None if index in graded else _error(nb.cells[index])
+        if error is not None:
+            lines.append(_one_line(f"code cell {number} raised {error[0]}: {error[1]}"))
+    return lines
+
+
+def check_notebook(path: Path, timeout: int = DEFAULT_TIMEOUT, progress: bool = False,
+                   notes: list[str] | None = None) -> list[ExerciseResult]:
     """Run the notebook at ``path`` in a fresh kernel and judge each exercise.
 
-    Raises :class:`NotebookError` when ``path`` is not a valid notebook of this course.
-    The file on disk is never modified.
+    ``notes``, when given, receives :func:`other_errors`. Raises :class:`NotebookError`
+    when ``path`` is not a valid notebook of this course. The file on disk is never
+    modified.
     """
     path = Path(path).resolve()
     nb = read_course_notebook(path)
     exercises = graded_exercises(nb)
     nb, died = execute_notebook(nb, path.parent, timeout=timeout, progress=progress)
+    if notes is not None:
+        notes.extend(other_errors(nb, exercises))
     return classify(nb, exercises, died)
 
 
@@ -297,10 +313,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    notes: list[str] = []
     try:
-        results = check_notebook(args.path, timeout=args.timeout, progress=True)
+        results = check_notebook(args.path, timeout=args.timeout, progress=True, notes=notes)
     except NotebookError as exc:
         print(f"gptcourse check: {exc}")
         return 2
     print(format_report(results))
+    if notes and all(r.passed for r in results):
+        # Unfinished exercises make later cells fail anyway; once they pass, say so.
+        print("Every check passed, but other cells raised errors; an answer may be wrong in "
+              "a way its check did not try:")
+        print("\n".join(f"  {line}" for line in notes))
     return 0 if all(r.passed for r in results) else 1
